@@ -1,0 +1,314 @@
+"""Experiment and run configuration: typed dataclasses, TOML loading and one-line validation errors.
+
+A *run config* (:class:`RunConfig`) is everything a run depends on; its hash is the run id. An
+*experiment file* is a run config in TOML plus an optional ``[sweep]`` table that expands it into many.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import hashlib
+import json
+import math
+import sys
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+
+class ConfigError(ValueError):
+    """A bad experiment file or config value. ``str(err)`` is one line naming the file and field."""
+
+    def __init__(self, message: str, *, file: str | Path | None = None, field: str | None = None):
+        self.file = None if file is None else str(file)
+        self.field = field
+        parts = [p for p in (self.file, field) if p]
+        super().__init__(": ".join([*parts, message]))
+
+
+@dataclass
+class DataConfig:
+    """Where tokens come from. ``kind`` picks the source; the other fields apply to some kinds."""
+
+    kind: Literal["markov", "hmm", "text"] = "markov"
+    # The language itself (which random chain/HMM) is a function of this seed, not of the run seed.
+    seed: int = 0
+    # markov / hmm: number of token types.
+    vocab_size: int = 64
+    # markov: how many previous tokens the next one depends on.
+    order: int = 1
+    # markov: allowed next tokens per state (None: all vocab_size); hmm: allowed emissions per hidden state.
+    support: int | None = 8
+    # Dirichlet concentration of each next-token (markov) or emission (hmm) distribution.
+    concentration: float = 0.5
+    # hmm: number of hidden states and the Dirichlet concentration of their transition rows.
+    n_hidden: int = 16
+    transition_concentration: float = 0.3
+    # text: a file or a directory of text files.
+    path: str | None = None
+    # text: byte-level tokens (vocab 256) or a byte-level BPE trained locally with `tokenizers`.
+    tokenizer: Literal["bytes", "bpe"] = "bytes"
+    bpe_vocab_size: int = 1024
+    # text: fraction of tokens (taken from the end of the corpus) held out for validation.
+    val_fraction: float = 0.1
+
+
+@dataclass
+class ModelConfig:
+    """A decoder-only transformer: pre-LayerNorm, learned positions, GELU MLP."""
+
+    n_layer: int = 2
+    d_model: int = 64
+    n_head: int = 4
+    # Hidden width of the MLP; None means 4 * d_model.
+    d_mlp: int | None = None
+    seq_len: int = 64
+    tie_embeddings: bool = True
+    # No MLP blocks at all (for induction-head studies, Olsson et al. 2022).
+    attn_only: bool = False
+    # "sdpa": torch's fused scaled_dot_product_attention (fast); "math": explicit softmax(QK^T)V that
+    # supports double backward (Hessian-vector products) and exposes attention patterns to probes.
+    attention: Literal["sdpa", "math"] = "sdpa"
+    init_std: float = 0.02
+    bias: bool = True
+
+
+@dataclass
+class TrainConfig:
+    """The optimization: optimizer, schedule, batch, budget, evaluation and checkpoint cadence."""
+
+    optimizer: Literal["adamw", "sgd"] = "adamw"
+    lr: float = 1e-3
+    weight_decay: float = 0.1
+    beta1: float = 0.9
+    beta2: float = 0.95
+    eps: float = 1e-8
+    # sgd: heavy-ball momentum (Nesterov off).
+    momentum: float = 0.9
+    schedule: Literal["cosine", "constant", "wsd"] = "cosine"
+    # Warmup steps; a value in (0, 1) is read as a fraction of the total steps.
+    warmup: float = 0.05
+    # Final lr as a fraction of the peak (cosine and the decay of wsd).
+    min_lr_ratio: float = 0.1
+    # wsd: fraction of the steps spent in the final (linear) decay (Hu et al. 2024, MiniCPM).
+    decay_fraction: float = 0.2
+    # Clip the global gradient norm to this (0: no clipping).
+    grad_clip: float = 1.0
+    # Sequences per optimizer step; split into micro-batches of micro_batch_size (gradient accumulation).
+    batch_size: int = 32
+    micro_batch_size: int | None = None
+    # Budget: tokens or flops (training FLOPs, 6N + 12 L T d per token, see model.py), not both.
+    # With neither, 1,000,000 tokens.
+    tokens: int | None = None
+    flops: float | None = None
+    # Evaluate at steps 0, 1, 2, 4, ... below eval_every, then every eval_every steps, and at the end.
+    eval_every: int = 100
+    eval_batches: int = 8
+    # Full checkpoint (for resume) every this many steps, and at every evaluation.
+    checkpoint_every: int = 200
+    # Also keep the model weights at every evaluation step (for offline probes).
+    keep_weights: bool = False
+    # A train loss above this multiple of the step-0 validation loss counts as divergence.
+    diverge_factor: float = 3.0
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+
+
+@dataclass
+class RunConfig:
+    """Everything one run depends on. Its hash (:func:`run_id`) names the run."""
+
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    # Instrument name -> options, e.g. {"param_norm": {}, "attention": {"every": 2}}; see instruments/.
+    instruments: dict[str, dict[str, Any]] = field(default_factory=dict)
+    seed: int = 0
+
+
+SECTIONS = ("data", "model", "train", "instruments", "sweep", "seed", "name")
+
+
+# ----------------------------------------------------------------------------------------------------
+# Parsing a nested dict into the dataclasses, with a precise message for every mistake.
+
+
+def _type_name(tp: Any) -> str:
+    origin = typing.get_origin(tp)
+    if origin is Literal:
+        return "one of " + ", ".join(repr(a) for a in typing.get_args(tp))
+    if origin in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        return " or ".join(_type_name(a) for a in args) + " (or omitted)"
+    return {int: "an integer", float: "a number", bool: "true or false", str: "a string"}.get(
+        tp, getattr(tp, "__name__", str(tp))
+    )
+
+
+def _coerce(value: Any, tp: Any, path: str, file: str | None) -> Any:
+    origin = typing.get_origin(tp)
+    if origin is Literal:
+        if value in typing.get_args(tp):
+            return value
+    elif origin in (typing.Union, types.UnionType):
+        args = typing.get_args(tp)
+        if value is None and type(None) in args:
+            return None
+        for a in args:
+            if a is type(None):
+                continue
+            try:
+                return _coerce(value, a, path, file)
+            except ConfigError:
+                pass
+    elif tp is bool:
+        if isinstance(value, bool):
+            return value
+    elif tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+    elif tp is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
+            return float(value)
+    elif tp is str:
+        if isinstance(value, str):
+            return value
+    elif origin is dict:
+        if isinstance(value, dict):
+            return value
+    else:  # pragma: no cover - only the types above are used
+        return value
+    raise ConfigError(f"expected {_type_name(tp)}, got {value!r}", file=file, field=path)
+
+
+def _unknown(key: str, valid: list[str], path: str, file: str | None) -> ConfigError:
+    near = difflib.get_close_matches(key, valid, n=1, cutoff=0.5)
+    hint = f"; did you mean '{near[0]}'?" if near else f"; valid keys: {', '.join(valid)}"
+    return ConfigError(f"unknown key{hint}", file=file, field=path)
+
+
+def _build(cls: type, raw: Any, prefix: str, file: str | None) -> Any:
+    if not isinstance(raw, dict):
+        raise ConfigError(f"expected a table, got {raw!r}", file=file, field=prefix)
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    kwargs = {}
+    for key, value in raw.items():
+        path = f"{prefix}.{key}" if prefix else key
+        if key not in names:
+            raise _unknown(key, names, path, file)
+        tp = hints[key]
+        if dataclasses.is_dataclass(tp):
+            kwargs[key] = _build(tp, value, path, file)
+        else:
+            kwargs[key] = _coerce(value, tp, path, file)
+    return cls(**kwargs)
+
+
+def _positive(cfg: RunConfig, path: str, file: str | None, *, allow_none: bool = False) -> None:
+    section, name = path.split(".")
+    v = getattr(getattr(cfg, section), name)
+    if v is None and allow_none:
+        return
+    if v is None or v <= 0:
+        raise ConfigError(f"expected a positive number, got {v!r}", file=file, field=path)
+
+
+def validate(cfg: RunConfig, file: str | None = None) -> RunConfig:
+    """Check the relations between fields that types alone cannot; raise :class:`ConfigError`."""
+    for p in ("model.n_layer", "model.d_model", "model.n_head", "model.seq_len", "model.init_std",
+              "train.lr", "train.batch_size", "train.eval_every", "train.eval_batches",
+              "train.checkpoint_every", "train.diverge_factor", "data.concentration",
+              "data.transition_concentration", "data.n_hidden", "data.vocab_size", "data.order",
+              "data.bpe_vocab_size"):
+        _positive(cfg, p, file)
+    for p in ("model.d_mlp", "data.support", "train.micro_batch_size", "train.tokens", "train.flops"):
+        _positive(cfg, p, file, allow_none=True)
+    m, t, d = cfg.model, cfg.train, cfg.data
+    if m.d_model % m.n_head:
+        raise ConfigError(
+            f"d_model ({m.d_model}) must be divisible by n_head ({m.n_head})", file=file, field="model.d_model"
+        )
+    if t.tokens is not None and t.flops is not None:
+        raise ConfigError("give one budget, train.tokens or train.flops, not both", file=file, field="train.tokens")
+    if t.tokens is None and t.flops is None:
+        t.tokens = 1_000_000
+    mb = t.micro_batch_size
+    if mb is not None and t.batch_size % mb:
+        raise ConfigError(
+            f"batch_size ({t.batch_size}) must be a multiple of micro_batch_size ({mb})",
+            file=file, field="train.micro_batch_size",
+        )
+    if t.warmup < 0:
+        raise ConfigError(f"expected a number >= 0, got {t.warmup}", file=file, field="train.warmup")
+    for p in ("min_lr_ratio", "decay_fraction", "beta1", "beta2", "momentum"):
+        v = getattr(t, p)
+        if not 0 <= v <= 1:
+            raise ConfigError(f"expected a number in [0, 1], got {v}", file=file, field=f"train.{p}")
+    if t.weight_decay < 0 or t.grad_clip < 0:
+        field_ = "train.weight_decay" if t.weight_decay < 0 else "train.grad_clip"
+        raise ConfigError("expected a number >= 0", file=file, field=field_)
+    if not 0 < d.val_fraction < 1:
+        raise ConfigError(f"expected a number in (0, 1), got {d.val_fraction}", file=file, field="data.val_fraction")
+    if d.kind == "text" and not d.path:
+        raise ConfigError("a text source needs a path to a file or directory", file=file, field="data.path")
+    if d.kind in ("markov", "hmm") and d.support is not None and d.support > d.vocab_size:
+        raise ConfigError(
+            f"support ({d.support}) cannot exceed vocab_size ({d.vocab_size})", file=file, field="data.support"
+        )
+    if d.kind == "markov" and d.vocab_size**d.order > 4_000_000:
+        raise ConfigError(
+            f"vocab_size**order = {d.vocab_size**d.order} states is too many (at most 4,000,000)",
+            file=file, field="data.order",
+        )
+    for name, opts in cfg.instruments.items():
+        if not isinstance(opts, dict):
+            raise ConfigError(f"expected a table of options, got {opts!r}", file=file, field=f"instruments.{name}")
+    return cfg
+
+
+def from_dict(raw: dict[str, Any], file: str | None = None) -> RunConfig:
+    """Build and validate a :class:`RunConfig` from a nested dict (no ``sweep`` key)."""
+    cfg = _build(RunConfig, raw, "", file)
+    return validate(cfg, file)
+
+
+def to_dict(cfg: RunConfig) -> dict[str, Any]:
+    return dataclasses.asdict(cfg)
+
+
+def run_id(cfg: RunConfig) -> str:
+    """Content hash of the resolved config (seed included): the same config always gets the same id.
+
+    ``train.device`` is left out: where a run executes is not part of what it is.
+    """
+    d = to_dict(cfg)
+    d["train"] = {k: v for k, v in d["train"].items() if k != "device"}
+    blob = json.dumps(d, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(blob.encode()).hexdigest()[:12]
+
+
+def load_toml(path: str | Path) -> dict[str, Any]:
+    """Read an experiment file; a missing or malformed file raises :class:`ConfigError`."""
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError("no such experiment file", file=p)
+    try:
+        raw = tomllib.loads(p.read_text())
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(f"malformed TOML: {e}", file=p) from None
+    except UnicodeDecodeError:
+        raise ConfigError("not a UTF-8 text file", file=p) from None
+    for key in raw:
+        if key not in SECTIONS:
+            raise _unknown(key, list(SECTIONS), key, str(p))
+    return raw

@@ -1,0 +1,56 @@
+"""Data sources: synthetic languages with known entropy rates (Markov, HMM) and user text.
+
+:func:`build_source` turns a :class:`~scalescope.config.DataConfig` and a run seed into a
+:class:`Source`. ``data_cfg.seed`` picks the language (which chain or HMM); the run seed only picks
+the sampling stream, so every run of a sweep sees the same language.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+
+from scalescope.config import ConfigError, DataConfig
+from scalescope.data.base import Batch, Source, Split, stream_rng
+from scalescope.data.hmm import HMMSource
+from scalescope.data.markov import MarkovSource
+from scalescope.data.text import TextSource
+
+__all__ = [
+    "Batch", "HMMSource", "MarkovSource", "Source", "Split", "TextSource", "build_source", "stream_rng",
+]
+
+
+# Building a language (tables, stationary distribution, entropy rate) is the expensive part and does
+# not depend on the run seed, so it is cached per process; each run gets a cheap view with its own
+# stream seed. A few entries only: a large Markov chain holds hundreds of MB.
+@lru_cache(maxsize=4)
+def _markov(vocab_size: int, order: int, support: int | None, concentration: float,
+            seed: int) -> MarkovSource:
+    return MarkovSource(vocab_size, order, support, concentration, seed=seed)
+
+
+@lru_cache(maxsize=4)
+def _hmm(vocab_size: int, n_hidden: int, support: int | None, concentration: float,
+         transition_concentration: float, seed: int) -> HMMSource:
+    return HMMSource(vocab_size, n_hidden, support, concentration, transition_concentration, seed=seed)
+
+
+def build_source(data_cfg: DataConfig, seed: int) -> Source:
+    """The source ``data_cfg`` describes, sampling with run seed ``seed``.
+
+    Text sources still need :meth:`TextSource.prepare` (tokenization) before their first batch.
+    """
+    d = data_cfg
+    if d.kind == "markov":
+        lang = _markov(d.vocab_size, d.order, d.support, float(d.concentration), d.seed)
+        return lang.with_stream_seed(seed)
+    if d.kind == "hmm":
+        lang = _hmm(d.vocab_size, d.n_hidden, d.support, float(d.concentration),
+                    float(d.transition_concentration), d.seed)
+        return lang.with_stream_seed(seed)
+    if d.kind == "text":
+        if not d.path:
+            raise ConfigError("a text source needs a path to a file or directory", field="data.path")
+        return TextSource(d.path, d.tokenizer, d.bpe_vocab_size, d.val_fraction,
+                          seed=d.seed, stream_seed=seed)
+    raise ConfigError(f"unknown data kind {d.kind!r}", field="data.kind")

@@ -1,0 +1,70 @@
+"""The one small interface every data source implements.
+
+A source is a *pure function of (split, index)*: batch ``i`` of a split is always the same tokens for the
+same source config and seed. That is what makes resume exact (the data position is just the step) and
+what gives every model in a sweep the same data order, whatever its size.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal, Protocol, runtime_checkable
+
+import numpy as np
+import torch
+
+Split = Literal["train", "val", "probe"]
+
+# Seed offsets so the train, validation and probe streams of one source never share random numbers.
+SPLIT_STREAM: dict[str, int] = {"train": 0, "val": 1, "probe": 2}
+
+
+@dataclass
+class Batch:
+    """One batch: ``inputs`` go into the model, ``targets`` are what it must predict.
+
+    For token sources ``inputs`` and ``targets`` are int64 tensors of shape (B, T), targets shifted by
+    one. Task sources of later issues may carry float inputs; ``loss_mask`` (B, T) marks which target
+    positions count in the loss (None: all).
+    """
+
+    inputs: torch.Tensor
+    targets: torch.Tensor
+    loss_mask: torch.Tensor | None = None
+
+    def to(self, device: torch.device | str) -> Batch:
+        mask = None if self.loss_mask is None else self.loss_mask.to(device)
+        return Batch(self.inputs.to(device), self.targets.to(device), mask)
+
+    @staticmethod
+    def from_tokens(tokens: np.ndarray | torch.Tensor) -> Batch:
+        """(B, T+1) token ids -> inputs (B, T), targets (B, T)."""
+        t = torch.as_tensor(np.asarray(tokens), dtype=torch.long)
+        return Batch(t[:, :-1].contiguous(), t[:, 1:].contiguous())
+
+
+@runtime_checkable
+class Source(Protocol):
+    """What the trainer needs of a data source."""
+
+    vocab_size: int
+    # Exact entropy rate in nats/token when the source knows it (synthetic languages), else None.
+    entropy_rate: float | None
+
+    def prepare(self, cache_dir: Path) -> None:
+        """Do one-time work (tokenize files) in the driver process, before workers start. Idempotent."""
+        ...
+
+    def batch(self, split: Split, index: int, batch_size: int, seq_len: int) -> Batch:
+        """Batch number ``index`` of ``split``: deterministic in (source config, seed, split, index)."""
+        ...
+
+    def describe(self) -> dict:
+        """JSON-able facts for the run's meta (entropy rate and its error, sizes, cache paths)."""
+        ...
+
+
+def stream_rng(seed: int, split: Split, index: int) -> np.random.Generator:
+    """A generator for batch ``index`` of ``split``: independent of every other (seed, split, index)."""
+    return np.random.default_rng([int(seed), SPLIT_STREAM[split], int(index)])

@@ -1,0 +1,248 @@
+"""Tokens from a user's text file or directory: raw bytes or a byte-level BPE trained locally.
+
+``prepare(cache_dir)`` tokenizes the corpus once into ``cache_dir/<key>/tokens.bin`` (a flat uint16
+or uint32 array, opened as a read-only memmap) and ``meta.json``. The key hashes the files' relative
+names and bytes plus the tokenizer settings, so a changed corpus gets a fresh cache and an unchanged
+one is reused; worker processes simply call ``prepare`` again and find it. The cache directory is
+built under a temporary name and renamed into place, so a crash never leaves a half-written cache.
+
+The last ``val_fraction`` of the tokens is the validation split; train batches are random windows
+of the rest, drawn from :func:`stream_rng` so batch ``i`` is the same for every run of a sweep.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+from scalescope.config import ConfigError
+from scalescope.data.base import Batch, Split, stream_rng
+from scalescope.data.markov import combine_seeds
+
+# Bump when the cache layout or the tokenization changes, so old caches are not reused.
+CACHE_VERSION = 1
+# Texts handed to the BPE tokenizer are cut (at line ends) to about this many characters.
+_CHUNK_CHARS = 1 << 20
+
+
+def corpus_files(path: Path) -> list[tuple[str, Path]]:
+    """(relative name, path) of every regular, non-hidden file under ``path``, sorted by name.
+
+    A file path gives just itself. Hidden means any path component starting with a dot.
+    """
+    if path.is_file():
+        return [(path.name, path)]
+    out = []
+    for p in path.rglob("*"):
+        rel = p.relative_to(path)
+        if p.is_file() and not any(part.startswith(".") for part in rel.parts):
+            out.append((rel.as_posix(), p))
+    return sorted(out)
+
+
+def _chunks(text: str) -> list[str]:
+    """Cut text at line ends into pieces of about ``_CHUNK_CHARS`` (bounded memory in the encoder)."""
+    pieces, start = [], 0
+    while start < len(text):
+        end = text.find("\n", start + _CHUNK_CHARS)
+        end = len(text) if end < 0 else end + 1
+        pieces.append(text[start:end])
+        start = end
+    return pieces
+
+
+class TextSource:
+    """A text corpus as a token source. ``entropy_rate`` is None: natural text's rate is unknown.
+
+    ``vocab_size`` is 256 for ``tokenizer="bytes"``; for ``"bpe"`` it is the trained vocabulary's size
+    (at most ``bpe_vocab_size``) and is only valid after :meth:`prepare` (None before).
+    """
+
+    entropy_rate = None
+
+    def __init__(
+        self,
+        path: str | Path,
+        tokenizer: str = "bytes",
+        bpe_vocab_size: int = 1024,
+        val_fraction: float = 0.1,
+        seed: int = 0,
+        stream_seed: int = 0,
+    ) -> None:
+        if tokenizer not in ("bytes", "bpe"):
+            raise ConfigError(f"expected 'bytes' or 'bpe', got {tokenizer!r}", field="data.tokenizer")
+        if tokenizer == "bpe" and bpe_vocab_size < 256:
+            raise ConfigError(
+                f"must be at least 256 (the byte alphabet), got {bpe_vocab_size}", field="data.bpe_vocab_size"
+            )
+        if not 0 < val_fraction < 1:
+            raise ConfigError(f"expected a number in (0, 1), got {val_fraction}", field="data.val_fraction")
+        self.path = Path(path)
+        self.tokenizer = tokenizer
+        self.bpe_vocab_size = int(bpe_vocab_size)
+        self.val_fraction = float(val_fraction)
+        self.seed = int(seed)
+        self.stream_seed = int(stream_seed)
+        self.vocab_size: int | None = 256 if tokenizer == "bytes" else None
+        self.cache_path: Path | None = None
+        self.tokens: np.ndarray | None = None
+        # How many times this object actually tokenized (tests check that a cache hit does not).
+        self.tokenize_count = 0
+
+    # ------------------------------------------------------------------------------------------------
+    # Preparing the cache.
+
+    def _read_corpus(self) -> tuple[list[tuple[str, bytes]], str]:
+        """The files' (name, bytes) and the cache key (sha256 of names, sizes, bytes and settings)."""
+        if not self.path.exists():
+            raise ConfigError(f"no such file or directory: {self.path}", field="data.path")
+        files = [(name, p.read_bytes()) for name, p in corpus_files(self.path)]
+        if sum(len(b) for _, b in files) == 0:
+            raise ConfigError(f"no text found in {self.path}", field="data.path")
+        h = hashlib.sha256()
+        settings = {"version": CACHE_VERSION, "tokenizer": self.tokenizer}
+        if self.tokenizer == "bpe":
+            settings["bpe_vocab_size"] = self.bpe_vocab_size
+        h.update(json.dumps(settings, sort_keys=True).encode())
+        for name, data in files:
+            # Length-prefixed fields, so no two different corpora hash the same byte stream.
+            for field in (name.encode(), data):
+                h.update(len(field).to_bytes(8, "little"))
+                h.update(field)
+        return files, h.hexdigest()[:24]
+
+    def _tokenize(self, files: list[tuple[str, bytes]]) -> tuple[np.ndarray, int, dict | None]:
+        """(token ids, vocab size, tokenizer JSON or None) for the concatenated corpus."""
+        self.tokenize_count += 1
+        if self.tokenizer == "bytes":
+            data = b"".join(b for _, b in files)
+            return np.frombuffer(data, dtype=np.uint8), 256, None
+        from tokenizers import ByteLevelBPETokenizer
+
+        # BPE needs text: bytes that are not UTF-8 become U+FFFD (byte-exactness is the bytes mode's job).
+        texts = [b.decode("utf-8", errors="replace") for _, b in files]
+        tok = ByteLevelBPETokenizer()
+        tok.train_from_iterator(
+            (piece for t in texts for piece in _chunks(t)),
+            vocab_size=self.bpe_vocab_size, min_frequency=2, show_progress=False, special_tokens=[],
+        )
+        ids = [
+            np.asarray(enc.ids, dtype=np.int64)
+            for t in texts for enc in tok.encode_batch(_chunks(t))
+        ]
+        return np.concatenate(ids), tok.get_vocab_size(), json.loads(tok.to_str())
+
+    def _write_cache(self, target: Path, files: list[tuple[str, bytes]]) -> None:
+        """Tokenize into a temporary directory next to ``target`` and rename it into place."""
+        ids, vocab, tokenizer_json = self._tokenize(files)
+        if ids.size == 0:
+            raise ConfigError(f"no text found in {self.path}", field="data.path")
+        dtype = np.uint16 if vocab <= 65535 else np.uint32
+        tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{target.name}-", dir=target.parent))
+        try:
+            os.chmod(tmp, 0o755)  # mkdtemp makes it private; the finished cache is shared
+            ids.astype(dtype).tofile(tmp / "tokens.bin")
+            meta = {
+                "version": CACHE_VERSION, "source": str(self.path), "files": [n for n, _ in files],
+                "tokenizer": self.tokenizer, "vocab_size": int(vocab), "n_tokens": int(ids.size),
+                "dtype": np.dtype(dtype).name, "tokenizer_json": tokenizer_json,
+            }
+            (tmp / "meta.json").write_text(json.dumps(meta))
+            try:
+                os.replace(tmp, target)
+            except OSError:
+                # Another process finished the same cache first (rename onto a non-empty directory).
+                if not (target / "meta.json").is_file():
+                    raise
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+
+    def prepare(self, cache_dir: Path) -> None:
+        """Tokenize once into ``cache_dir/<key>/`` (or find that cache) and open it as a memmap.
+
+        Idempotent and cheap on a cache hit (one read and hash of the corpus), so worker processes
+        call it too.
+        """
+        cache_dir = Path(cache_dir)
+        cache_dir.mkdir(parents=True, exist_ok=True)
+        files, key = self._read_corpus()
+        target = cache_dir / key
+        if not (target / "meta.json").is_file():
+            if target.exists():  # a directory without meta.json is not a finished cache
+                shutil.rmtree(target)
+            self._write_cache(target, files)
+        meta = json.loads((target / "meta.json").read_text())
+        self.meta = meta
+        self.cache_path = target
+        self.vocab_size = int(meta["vocab_size"])
+        self.tokens = np.memmap(
+            target / "tokens.bin", dtype=meta["dtype"], mode="r", shape=(meta["n_tokens"],)
+        )
+        self.n_val = int(self.tokens.size * self.val_fraction)
+        self.n_train = self.tokens.size - self.n_val
+
+    def tokenizer_object(self):  # -> tokenizers.Tokenizer (imported lazily)
+        """The trained BPE tokenizer (for decoding samples); None for bytes."""
+        if self.tokens is None:
+            raise RuntimeError("call prepare(cache_dir) first")
+        if self.meta["tokenizer_json"] is None:
+            return None
+        from tokenizers import Tokenizer
+
+        return Tokenizer.from_str(json.dumps(self.meta["tokenizer_json"]))
+
+    # ------------------------------------------------------------------------------------------------
+    # Batches.
+
+    def _split_tokens(self, split: Split, window: int) -> np.ndarray:
+        if self.tokens is None:
+            raise RuntimeError(
+                f"TextSource({self.path}) has no tokens yet: call prepare(cache_dir) before batch()"
+            )
+        for name, n in (("train", self.n_train), ("validation", self.n_val)):
+            if n < window:
+                raise ConfigError(
+                    f"corpus too short: the {name} split of {self.path} has {n} tokens "
+                    f"({self.tokens.size} in all, val_fraction={self.val_fraction}) but one sequence "
+                    f"needs seq_len + 1 = {window}",
+                    field="data.path",
+                )
+        return self.tokens[: self.n_train] if split == "train" else self.tokens[self.n_train :]
+
+    def batch(self, split: Split, index: int, batch_size: int, seq_len: int) -> Batch:
+        """Batch ``index`` of ``split`` as (B, T+1) windows of the corpus.
+
+        train: uniform random offsets from ``stream_rng(seed, "train", index)``. val: a fixed tiling
+        of the validation split with stride T (targets of successive windows do not overlap), batch i
+        taking windows i*B .. i*B + B - 1 (wrapping around), the same for every run. probe: random
+        offsets in the validation split from the probe stream.
+        """
+        window = seq_len + 1
+        data = self._split_tokens(split, window)
+        n_offsets = data.size - window + 1
+        if split == "val":
+            n_tiles = (data.size - 1) // seq_len
+            offsets = ((index * batch_size + np.arange(batch_size)) % n_tiles) * seq_len
+        else:
+            rng = stream_rng(combine_seeds(self.seed, self.stream_seed), split, index)
+            offsets = rng.integers(0, n_offsets, size=batch_size)
+        tokens = data[offsets[:, None] + np.arange(window)]
+        return Batch.from_tokens(tokens.astype(np.int64))
+
+    def describe(self) -> dict:
+        d = {
+            "kind": "text", "path": str(self.path), "tokenizer": self.tokenizer,
+            "vocab_size": self.vocab_size, "val_fraction": self.val_fraction, "entropy_rate": None,
+        }
+        if self.tokenizer == "bpe":
+            d["bpe_vocab_size"] = self.bpe_vocab_size
+        if self.tokens is not None:
+            d.update(cache=str(self.cache_path), n_tokens=int(self.tokens.size),
+                     n_train=self.n_train, n_val=self.n_val, files=len(self.meta["files"]))
+        return d

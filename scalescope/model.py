@@ -1,0 +1,181 @@
+"""A decoder-only transformer small enough to read in one sitting (in the spirit of nanoGPT).
+
+Pre-LayerNorm blocks, learned positions, GELU MLP (or none: ``attn_only``), tied or untied embeddings.
+Attention runs through ``scaled_dot_product_attention`` by default; ``attention="math"`` switches to
+the explicit softmax(QKᵀ/√d)V path, which supports double backward (Hessian-vector products) and can
+return the attention patterns to probes.
+
+Parameter counts follow Kaplan et al. 2020: N (``params_nonembedding``) excludes the token embedding,
+the position embedding and an untied unembedding; it is the N of the scaling laws and of the FLOP
+formula below.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .config import ModelConfig
+
+
+class CausalSelfAttention(nn.Module):
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.n_head, self.d_model = cfg.n_head, cfg.d_model
+        self.qkv = nn.Linear(cfg.d_model, 3 * cfg.d_model, bias=cfg.bias)
+        self.proj = nn.Linear(cfg.d_model, cfg.d_model, bias=cfg.bias)
+        self.math = cfg.attention == "math"
+        self.register_buffer(
+            "causal", torch.ones(cfg.seq_len, cfg.seq_len, dtype=torch.bool).tril(), persistent=False
+        )
+        # Probes set this to True to receive the (B, nh, T, T) patterns in ``last_pattern``.
+        self.record_pattern = False
+        self.last_pattern: torch.Tensor | None = None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        B, T, C = x.shape
+        q, k, v = self.qkv(x).split(self.d_model, dim=2)
+        hs = C // self.n_head
+        q = q.view(B, T, self.n_head, hs).transpose(1, 2)  # (B, nh, T, hs)
+        k = k.view(B, T, self.n_head, hs).transpose(1, 2)
+        v = v.view(B, T, self.n_head, hs).transpose(1, 2)
+        if self.math or self.record_pattern:
+            att = (q @ k.transpose(-2, -1)) * (1.0 / math.sqrt(hs))  # (B, nh, T, T)
+            att = att.masked_fill(~self.causal[:T, :T], float("-inf")).softmax(dim=-1)
+            if self.record_pattern:
+                self.last_pattern = att.detach()
+            y = att @ v
+        else:
+            y = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+        y = y.transpose(1, 2).contiguous().view(B, T, C)  # (B, T, C)
+        return self.proj(y)
+
+
+class MLP(nn.Module):
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        hidden = cfg.d_mlp or 4 * cfg.d_model
+        self.fc = nn.Linear(cfg.d_model, hidden, bias=cfg.bias)
+        self.proj = nn.Linear(hidden, cfg.d_model, bias=cfg.bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.proj(F.gelu(self.fc(x)))
+
+
+class Block(nn.Module):
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.ln1 = nn.LayerNorm(cfg.d_model, bias=cfg.bias)
+        self.attn = CausalSelfAttention(cfg)
+        self.ln2 = None if cfg.attn_only else nn.LayerNorm(cfg.d_model, bias=cfg.bias)
+        self.mlp = None if cfg.attn_only else MLP(cfg)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x + self.attn(self.ln1(x))
+        if self.mlp is not None:
+            x = x + self.mlp(self.ln2(x))
+        return x
+
+
+@dataclass(frozen=True)
+class ParamCounts:
+    total: int
+    embedding: int  # token + position embeddings, and the unembedding when untied
+    nonembedding: int  # Kaplan's N
+
+
+class GPT(nn.Module):
+    def __init__(self, cfg: ModelConfig, vocab_size: int):
+        super().__init__()
+        self.cfg, self.vocab_size = cfg, vocab_size
+        self.tok_emb = nn.Embedding(vocab_size, cfg.d_model)
+        self.pos_emb = nn.Embedding(cfg.seq_len, cfg.d_model)
+        self.blocks = nn.ModuleList([Block(cfg) for _ in range(cfg.n_layer)])
+        self.ln_f = nn.LayerNorm(cfg.d_model, bias=cfg.bias)
+        self.head = nn.Linear(cfg.d_model, vocab_size, bias=False)
+        if cfg.tie_embeddings:
+            self.head.weight = self.tok_emb.weight
+        self.apply(self._init)
+        # GPT-2's scaled init of the residual projections: std / sqrt(2 * n_layer).
+        for name, p in self.named_parameters():
+            if name.endswith("proj.weight"):
+                nn.init.normal_(p, mean=0.0, std=cfg.init_std / math.sqrt(2 * cfg.n_layer))
+
+    def _init(self, module: nn.Module) -> None:
+        if isinstance(module, (nn.Linear, nn.Embedding)):
+            nn.init.normal_(module.weight, mean=0.0, std=self.cfg.init_std)
+            if getattr(module, "bias", None) is not None:
+                nn.init.zeros_(module.bias)
+
+    def forward(self, idx: torch.Tensor) -> torch.Tensor:
+        """Token ids (B, T) -> logits (B, T, vocab)."""
+        T = idx.shape[1]
+        if T > self.cfg.seq_len:
+            raise ValueError(f"sequence length {T} exceeds model.seq_len {self.cfg.seq_len}")
+        pos = torch.arange(T, device=idx.device)
+        x = self.tok_emb(idx) + self.pos_emb(pos)  # (B, T, C)
+        for block in self.blocks:
+            x = block(x)
+        return self.head(self.ln_f(x))
+
+    def loss(self, idx: torch.Tensor, targets: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        """Mean next-token cross-entropy in nats over the (masked) positions."""
+        logits = self(idx)
+        if mask is None:
+            return F.cross_entropy(logits.view(-1, logits.size(-1)), targets.view(-1))
+        per = F.cross_entropy(logits.view(-1, logits.size(-1)), targets.view(-1), reduction="none")
+        m = mask.reshape(-1).to(per.dtype)
+        return (per * m).sum() / m.sum().clamp_min(1)
+
+    @torch.no_grad()
+    def attention_patterns(self, idx: torch.Tensor) -> list[torch.Tensor]:
+        """Attention probabilities of every layer, each (B, n_head, T, T), via the explicit path."""
+        attns = [b.attn for b in self.blocks]
+        for a in attns:
+            a.record_pattern = True
+        try:
+            self(idx)
+            return [a.last_pattern for a in attns]
+        finally:
+            for a in attns:
+                a.record_pattern, a.last_pattern = False, None
+
+    def param_counts(self) -> ParamCounts:
+        return param_counts(self.cfg, self.vocab_size)
+
+    def flops_per_token(self) -> float:
+        return flops_per_token(self.cfg, self.vocab_size)
+
+
+def param_counts(cfg: ModelConfig, vocab_size: int) -> ParamCounts:
+    """Closed-form parameter counts (checked against the module in the tests)."""
+    d, L = cfg.d_model, cfg.n_layer
+    h = cfg.d_mlp or 4 * d
+    b = 1 if cfg.bias else 0
+    ln = d + b * d
+    attn = d * 3 * d + b * 3 * d + d * d + b * d
+    mlp = 0 if cfg.attn_only else (d * h + b * h + h * d + b * d + ln)
+    nonemb = L * (ln + attn + mlp) + ln
+    emb = vocab_size * d + cfg.seq_len * d + (0 if cfg.tie_embeddings else vocab_size * d)
+    return ParamCounts(total=nonemb + emb, embedding=emb, nonembedding=nonemb)
+
+
+def flops_per_token(cfg: ModelConfig, vocab_size: int) -> float:
+    """Training FLOPs per token, 6N + 12·n_layer·seq_len·d_model (PaLM, Chowdhery et al. 2022, app. B).
+
+    N is the non-embedding parameter count (Kaplan et al. 2020's convention); the attention term counts
+    the QKᵀ and AV products over the full context. This is the C of the scaling laws and the budget
+    ``train.flops``; :func:`matmul_flops_per_token` adds the unembedding for hardware utilization.
+    """
+    n = param_counts(cfg, vocab_size).nonembedding
+    return 6.0 * n + 12.0 * cfg.n_layer * cfg.seq_len * cfg.d_model
+
+
+def matmul_flops_per_token(cfg: ModelConfig, vocab_size: int) -> float:
+    """FLOPs the hardware actually does per training token: :func:`flops_per_token` plus the
+    unembedding matmul (6·V·d), which is large for small models. Used for FLOP/s in benchmarks."""
+    return flops_per_token(cfg, vocab_size) + 6.0 * vocab_size * cfg.d_model

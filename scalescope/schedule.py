@@ -1,0 +1,59 @@
+"""Learning-rate schedules and the evaluation schedule, both pure functions of the step.
+
+Being pure functions of the step is what makes resume exact: the scheduler's whole state is the step.
+"""
+
+from __future__ import annotations
+
+import math
+
+from .config import TrainConfig
+
+
+def warmup_steps(cfg: TrainConfig, total_steps: int) -> int:
+    """``cfg.warmup`` in steps: values in (0, 1) are a fraction of the run."""
+    w = cfg.warmup
+    return int(round(w * total_steps)) if 0 < w < 1 else int(w)
+
+
+def lr_at(step: int, cfg: TrainConfig, total_steps: int) -> float:
+    """Learning rate for optimizer step ``step`` (0-based) of ``total_steps``.
+
+    - ``constant``: linear warmup, then ``lr``.
+    - ``cosine``: linear warmup, then cosine decay to ``min_lr_ratio * lr`` at the last step.
+    - ``wsd`` (warmup-stable-decay; Hu et al. 2024, MiniCPM): warmup, constant, then a linear decay to
+      ``min_lr_ratio * lr`` over the final ``decay_fraction`` of the steps.
+    """
+    peak, floor = cfg.lr, cfg.lr * cfg.min_lr_ratio
+    w = warmup_steps(cfg, total_steps)
+    if step < w:
+        return peak * (step + 1) / w
+    if cfg.schedule == "constant":
+        return peak
+    if cfg.schedule == "cosine":
+        span = max(1, total_steps - 1 - w)
+        progress = min(1.0, (step - w) / span)
+        return floor + 0.5 * (peak - floor) * (1 + math.cos(math.pi * progress))
+    # wsd
+    decay = max(1, int(round(cfg.decay_fraction * total_steps)))
+    start = total_steps - decay
+    if step < start:
+        return peak
+    progress = min(1.0, (step - start + 1) / decay)
+    return peak + (floor - peak) * progress
+
+
+def is_eval_step(step: int, every: int, total_steps: int) -> bool:
+    """Pythia-style schedule: 0, 1, 2, 4, 8, ... below ``every``, then every ``every`` steps, and the end.
+
+    ``step`` counts optimizer steps already taken, so step 0 is the untrained model.
+    """
+    if step == total_steps or step == 0:
+        return True
+    if step < every:
+        return step & (step - 1) == 0  # a power of two
+    return step % every == 0
+
+
+def eval_steps(every: int, total_steps: int) -> list[int]:
+    return [s for s in range(total_steps + 1) if is_eval_step(s, every, total_steps)]

@@ -1,0 +1,99 @@
+"""Expanding an experiment file into run configs.
+
+The ``[sweep]`` table maps dotted config paths to lists of values; the runs are the grid product of
+its axes. An axis can zip several paths, written as a parenthesised key whose values are lists::
+
+    [sweep]
+    "(model.n_layer, model.d_model, model.n_head)" = [[2, 64, 4], [4, 128, 4]]
+    "train.tokens" = [1_000_000, 4_000_000]
+    seed = [0, 1]
+
+gives 2 x 2 x 2 = 8 runs.
+"""
+
+from __future__ import annotations
+
+import copy
+import itertools
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from . import config as C
+
+
+@dataclass
+class Experiment:
+    name: str
+    file: str | None
+    runs: list[C.RunConfig]
+
+
+def _parse_axis(key: str, values: Any, file: str | None) -> tuple[list[str], list[tuple]]:
+    where = f"sweep.{key}" if not key.startswith("(") else f"sweep.\"{key}\""
+    if not isinstance(values, list) or not values:
+        raise C.ConfigError(f"expected a non-empty list of values, got {values!r}", file=file, field=where)
+    if key.startswith("(") and key.endswith(")"):
+        paths = [p.strip() for p in key[1:-1].split(",") if p.strip()]
+        rows = []
+        for v in values:
+            if not isinstance(v, list) or len(v) != len(paths):
+                raise C.ConfigError(
+                    f"each value must be a list of {len(paths)} items (one per path), got {v!r}",
+                    file=file, field=where,
+                )
+            rows.append(tuple(v))
+        return paths, rows
+    return [key], [(v,) for v in values]
+
+
+def _set_path(raw: dict, path: str, value: Any, file: str | None) -> None:
+    parts = path.split(".")
+    valid_top = ("data", "model", "train", "instruments", "seed")
+    if parts[0] not in valid_top:
+        raise C._unknown(parts[0], list(valid_top), f"sweep.{path}", file)
+    node = raw
+    for p in parts[:-1]:
+        node = node.setdefault(p, {})
+        if not isinstance(node, dict):
+            raise C.ConfigError("is not a table", file=file, field=f"sweep.{path}")
+    node[parts[-1]] = value
+
+
+def expand(raw: dict[str, Any], file: str | None = None) -> list[C.RunConfig]:
+    """Run configs of an experiment dict (as read from TOML), validated, in sweep order."""
+    base = {k: v for k, v in raw.items() if k not in ("sweep", "name")}
+    sweep = raw.get("sweep", {})
+    if not isinstance(sweep, dict):
+        raise C.ConfigError(f"expected a table, got {sweep!r}", file=file, field="sweep")
+    axes = [_parse_axis(k, v, file) for k, v in sweep.items()]
+    runs = []
+    for combo in itertools.product(*[rows for _, rows in axes]):
+        r = copy.deepcopy(base)
+        for (paths, _), values in zip(axes, combo):
+            for path, value in zip(paths, values):
+                _set_path(r, path, value, file)
+        try:
+            runs.append(C.from_dict(r, file))
+        except C.ConfigError as e:
+            # Name the sweep when the bad value came from it.
+            swept = {p for paths, _ in axes for p in paths}
+            if e.field in swept:
+                raise C.ConfigError(str(e).split(f"{e.field}: ", 1)[-1], file=file, field=f"sweep.{e.field}") from None
+            raise
+    seen: dict[str, int] = {}
+    unique = []
+    for cfg in runs:  # identical configs (e.g. a swept field that another overrides) run once
+        rid = C.run_id(cfg)
+        if rid not in seen:
+            seen[rid] = len(unique)
+            unique.append(cfg)
+    return unique
+
+
+def load_experiment(path: str | Path) -> Experiment:
+    raw = C.load_toml(path)
+    name = raw.get("name", Path(path).stem)
+    if not isinstance(name, str):
+        raise C.ConfigError(f"expected a string, got {name!r}", file=path, field="name")
+    return Experiment(name, str(path), expand(raw, str(path)))

@@ -1,0 +1,106 @@
+import json
+import os
+import subprocess
+
+import pytest
+
+from scalescope.cli import main
+
+from .conftest import ROOT, cli_cmd
+
+
+def run_cli(*args):
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    return subprocess.run(cli_cmd(*args), env=env, cwd=ROOT, capture_output=True, text=True)
+
+
+def test_run_then_runs_json_and_export(tiny_toml, tmp_path, capsys):
+    exp = tiny_toml("""
+    [sweep]
+    "model.d_model" = [8, 16]
+    """, tokens=8 * 16 * 12)
+    store = tmp_path / "store"
+    assert main(["run", str(exp), "--store", str(store), "--workers", "2", "--quiet"]) == 0
+    capsys.readouterr()
+    assert main(["runs", str(store), "--json"]) == 0
+    runs = json.loads(capsys.readouterr().out)
+    assert len(runs) == 2
+    for r in runs:
+        assert r["status"] == "finished"
+        assert r["tokens"] == 8 * 16 * 12
+        assert r["params_total"] > r["params_nonembedding"] > 0
+        assert r["flops"] > 0 and r["final_val_loss"] > 0
+        assert r["entropy_rate"] > 0
+        assert r["config"]["model"]["d_model"] in (8, 16)
+    # Running again skips both.
+    assert main(["run", str(exp), "--store", str(store), "--quiet"]) == 0
+    assert "2 already done, skipped" in capsys.readouterr().err
+    for fmt in ("csv", "parquet"):
+        assert main(["export", str(store), "--format", fmt]) == 0
+        paths = capsys.readouterr().out.split()
+        assert [os.path.basename(p) for p in paths] == [f"runs.{fmt}", f"metrics.{fmt}"]
+    import pandas as pd
+
+    assert len(pd.read_parquet(store / "export" / "runs.parquet")) == 2
+    assert set(pd.read_csv(store / "export" / "metrics.csv")["metric"]) >= {"val_loss", "train_loss"}
+
+
+def test_runs_table_text(tiny_toml, tmp_path, capsys):
+    exp = tiny_toml(tokens=8 * 16 * 3)
+    store = tmp_path / "s"
+    main(["run", str(exp), "--store", str(store), "--quiet"])
+    capsys.readouterr()
+    main(["runs", str(store)])
+    out = capsys.readouterr().out
+    assert "finished" in out and "val loss" in out
+
+
+@pytest.mark.parametrize(
+    "toml, expected",
+    [
+        ("[model]\nd_model = 30\nn_head = 4\n", "model.d_model: d_model (30) must be divisible by n_head (4)"),
+        ("[model\n", "malformed TOML"),
+        ("[model]\nn_layer = 0\n", "model.n_layer: expected a positive number, got 0"),
+        ("[train]\nbatch_size = 'x'\n", "train.batch_size: expected an integer, got 'x'"),
+    ],
+)
+def test_bad_input_is_one_line(tmp_path, toml, expected):
+    p = tmp_path / "bad.toml"
+    p.write_text(toml)
+    r = run_cli("run", str(p), "--store", str(tmp_path / "s"))
+    assert r.returncode == 2
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and expected in lines[0] and "bad.toml" in lines[0]
+
+
+def test_missing_and_empty_data_files(tmp_path, capsys):
+    for path, expected in ((tmp_path / "none.txt", "no such file or directory"), (tmp_path / "empty.txt", "no text")):
+        if path.name == "empty.txt":
+            path.write_text("")
+        p = tmp_path / "exp.toml"
+        p.write_text(f"[data]\nkind = 'text'\npath = '{path}'\n")
+        assert main(["run", str(p), "--store", str(tmp_path / "s"), "--quiet"]) == 2
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1 and "data.path" in err and expected in err and "exp.toml" in err
+
+
+def test_unwritable_store(tiny_toml, tmp_path, capsys):
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    assert main(["run", str(tiny_toml()), "--store", str(blocker / "store"), "--quiet"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: ") and "store is not writable" in err and str(blocker) in err
+
+
+def test_runs_on_missing_store(tmp_path, capsys):
+    assert main(["runs", str(tmp_path / "nope")]) == 2
+    assert "no such store directory" in capsys.readouterr().err
+
+
+def test_bench_train_json():
+    r = run_cli("bench", "train", "--n-layer", "1", "--d-model", "32", "--n-head", "2", "--seq-len", "16",
+                "--batch", "4", "--steps", "2", "--repeats", "1", "--json")
+    assert r.returncode == 0, r.stderr
+    out = json.loads(r.stdout)
+    assert out["tokens_per_s"] > 0 and out["flops_per_s"] > 0 and out["matmul_flops_per_s"] > 0
+    assert out["flops_per_s"] == pytest.approx(out["tokens_per_s"] * out["flops_per_token_counted"])
