@@ -19,7 +19,6 @@ def _experiment_path(name: str) -> Path:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from .lab import run_experiment
     from .store import Store
     from .sweep import load_experiment
 
@@ -116,7 +115,8 @@ def cmd_bench_train(args: argparse.Namespace) -> int:
 
     for name in ("n_layer", "d_model", "n_head", "seq_len", "batch", "steps", "threads"):
         if getattr(args, name) <= 0:
-            raise C.ConfigError(f"expected a positive integer, got {getattr(args, name)}", field=f"--{name.replace('_', '-')}")
+            flag = "--" + name.replace("_", "-")
+            raise C.ConfigError(f"expected a positive integer, got {getattr(args, name)}", field=flag)
     if args.d_model % args.n_head:
         raise C.ConfigError(f"d_model ({args.d_model}) must be divisible by n_head ({args.n_head})", field="--d-model")
     r = bench_train(n_layer=args.n_layer, d_model=args.d_model, n_head=args.n_head, seq_len=args.seq_len,

@@ -21,6 +21,7 @@ class Planned:
     cfg: C.RunConfig
     run_id: str
     tokens_total: int
+    flops_total: float
     done: bool
 
 
@@ -41,7 +42,8 @@ def plan(exp: Experiment, store: Store) -> list[Planned]:
         fpt = flops_per_token(cfg.model, vocab[key])
         steps = budget_steps(cfg, fpt)
         rd = store.add(cfg, experiment=exp.name)
-        out.append(Planned(cfg, rd.id, steps * cfg.train.batch_size * cfg.model.seq_len, rd.is_done()))
+        tokens = steps * cfg.train.batch_size * cfg.model.seq_len
+        out.append(Planned(cfg, rd.id, tokens, tokens * fpt, rd.is_done()))
     return out
 
 
@@ -54,7 +56,7 @@ class Progress:
         self.tty = stream.isatty()
         self.interval = 0.5 if self.tty else interval
         self.t0 = time.time()
-        self.tokens0 = self._tokens()
+        self.history: list[tuple[float, int]] = [(self.t0, self._tokens())]
         self.last_print = 0.0
 
     def _tokens(self) -> int:
@@ -66,9 +68,14 @@ class Progress:
 
     def line(self, outcomes: dict[str, Outcome]) -> str:
         done = sum(1 for p in self.planned if p.done or p.run_id in outcomes)
-        tokens = self._tokens()
-        el = max(1e-9, time.time() - self.t0)
-        rate = (tokens - self.tokens0) / el
+        tokens, now = self._tokens(), time.time()
+        el = now - self.t0
+        # Rate over the last minute: the throughput changes as runs finish and workers go idle.
+        self.history.append((now, tokens))
+        while len(self.history) > 2 and now - self.history[1][0] > 60:
+            self.history.pop(0)
+        t_old, tok_old = self.history[0]
+        rate = (tokens - tok_old) / max(1e-9, now - t_old)
         remaining = sum(p.tokens_total for p in self.planned) - tokens
         eta = remaining / rate if rate > 0 else float("nan")
         eta_s = "--" if eta != eta else f"{int(eta // 60)}m{int(eta % 60):02d}s"
@@ -102,7 +109,9 @@ def run_experiment(
     """Train every run of ``exp`` not yet done; finished runs are skipped, unfinished ones resume."""
     store.ensure_writable()
     planned = plan(exp, store)
-    todo = [p for p in planned if not p.done]
+    # Longest first (by FLOPs): the last run to start is then a short one, which keeps every worker
+    # busy until near the end (the LPT rule; makespan within 4/3 of optimal).
+    todo = sorted((p for p in planned if not p.done), key=lambda p: -p.flops_total)
     if on_start:
         on_start(planned)
     own = executor is None

@@ -70,6 +70,16 @@ def test_filter_from_true_state_is_a_lower_bound_sample(hmm):
     assert lower <= upper
 
 
+def test_impossible_token_gives_minus_inf_not_nan():
+    src = HMMSource(8, n_hidden=2, support=2, seed=0)
+    never = np.flatnonzero(src.emission.sum(axis=0) == 0)[0]
+    ok = src.sample(np.random.default_rng(0), 1, 6)
+    bad = ok.copy()
+    bad[0, 2] = never
+    lp = src.log_prob(bad)
+    assert lp[0, 2] == -np.inf and np.isfinite(lp[0, 3:]).all()
+
+
 def test_determinism_and_independent_streams(hmm):
     x = hmm.batch("train", 3, 8, 32)
     assert torch.equal(x.inputs, hmm.batch("train", 3, 8, 32).inputs)

@@ -64,8 +64,10 @@ class HMMSource:
 
     We report the midpoint of the estimated bounds, not the upper one: the true rate lies between
     them, so the midpoint's worst-case error is half the gap, and ``entropy_rate_error`` (half the
-    gap + 2 Monte-Carlo standard errors of each bound) covers the truth at ~95% or better. The upper
-    estimate (the loss of a perfect model with context ``entropy_length``) is in ``describe()``.
+    estimated gap + its standard error + 2 standard errors of the midpoint) covers the truth at ~95%
+    or better. The upper estimate (an upper bound on the loss of a perfect model with context
+    ``entropy_length / 2``) and the lower one are in ``describe()``. For the default languages the
+    filter forgets its start within a few dozen tokens, so the gap is ~0 and the error is Monte Carlo.
     """
 
     entropy_rate: float
@@ -151,6 +153,7 @@ class HMMSource:
         ``start[b]``, which conditions on S_1); then p(x_t | x_<t) = sum_h pred(h) B[h, x_t], the
         posterior is pred * B[:, x_t] / p(x_t | x_<t), and the next prediction is posterior @ A
         (Rabiner 1989, the scaled forward recursion). One (B, H) @ (H, H) product per position.
+        A token no hidden state can emit gets -inf and leaves the filter unconditioned.
         """
         tokens = np.asarray(tokens, dtype=np.int64)
         b, length = tokens.shape
@@ -162,7 +165,9 @@ class HMMSource:
                 joint = pred * emission_t[tokens[:, t]]
                 p = joint.sum(axis=1)
                 out[:, t] = np.log(p)
-                pred = (joint / p[:, None]) @ self.transition
+                # An impossible token (-inf) carries no usable evidence: keep the prior, not NaNs.
+                posterior = np.where(p[:, None] > 0, joint / p[:, None], pred)
+                pred = posterior @ self.transition
         return out
 
     def predictive_entropy(self, tokens: np.ndarray, start: np.ndarray | None = None,
