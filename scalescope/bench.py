@@ -71,7 +71,7 @@ class ReferenceGPT(nn.Module):
         for b in self.blocks:
             x = b(x)
         logits = self.head(self.ln(x))
-        return F.cross_entropy(logits.view(-1, logits.size(-1)), targets.view(-1))
+        return F.cross_entropy(logits.view(-1, logits.size(-1)), targets.reshape(-1))
 
 
 def bench_train(
@@ -121,7 +121,7 @@ def bench_train(
             torch.nn.utils.clip_grad_norm_(ref.parameters(), 1.0)
             ref_opt.step()
             ref_opt.zero_grad(set_to_none=True)
-            float(loss)
+            float(loss.detach())
 
     run_ours(min(3, steps))
     run_ref(min(3, steps))

@@ -126,8 +126,8 @@ class GPT(nn.Module):
         """Mean next-token cross-entropy in nats over the (masked) positions."""
         logits = self(idx)
         if mask is None:
-            return F.cross_entropy(logits.view(-1, logits.size(-1)), targets.view(-1))
-        per = F.cross_entropy(logits.view(-1, logits.size(-1)), targets.view(-1), reduction="none")
+            return F.cross_entropy(logits.view(-1, logits.size(-1)), targets.reshape(-1))
+        per = F.cross_entropy(logits.view(-1, logits.size(-1)), targets.reshape(-1), reduction="none")
         m = mask.reshape(-1).to(per.dtype)
         return (per * m).sum() / m.sum().clamp_min(1)
 
