@@ -17,7 +17,7 @@ from torch import nn
 
 from .config import ModelConfig, TrainConfig
 from .data.base import Batch
-from .model import GPT, matmul_flops_per_token
+from .model import GPT, matmul_flops_per_token, param_counts
 from .train import accumulate_gradients, make_optimizer
 
 
@@ -86,6 +86,8 @@ def bench_train(
     vocab: int = 256,
     repeats: int = 3,
     device: str = "auto",
+    fused: bool | None = None,
+    compile: bool = False,
 ) -> dict[str, Any]:
     """Median step time of scalescope's step and of the reference, interleaved over ``repeats`` rounds
     of ``steps`` steps (after warmup), plus the matmul rate. FLOP/s counts the matmul FLOPs really done
@@ -97,7 +99,9 @@ def bench_train(
     mcfg = ModelConfig(n_layer=n_layer, d_model=d_model, n_head=n_head, seq_len=seq_len)
     tcfg = TrainConfig(batch_size=batch)
     ours = GPT(mcfg, vocab).to(dev)
-    opt = make_optimizer(ours, tcfg)
+    opt = make_optimizer(ours, tcfg, fused=fused)
+    if compile:
+        ours = torch.compile(ours)
     ref = ReferenceGPT(vocab, seq_len, n_layer, d_model, n_head).to(dev)
     ref_opt = torch.optim.AdamW(ref.parameters(), lr=1e-3)
     data = torch.randint(0, vocab, (steps, batch, seq_len + 1))
@@ -145,10 +149,12 @@ def bench_train(
         "utilization": tps * fpt / mm,
         "reference_tokens_per_s": ref_tps,
         "speedup_vs_reference": tps / ref_tps,
-        "params_nonembedding": ours.param_counts().nonembedding,
-        "params_total": ours.param_counts().total,
+        "params_nonembedding": param_counts(mcfg, vocab).nonembedding,
+        "params_total": param_counts(mcfg, vocab).total,
         "flops_per_token_counted": fpt,
         "threads": threads,
+        "fused_adamw": opt.defaults.get("fused"),
+        "compiled": compile,
         "device": str(dev),
         "steps": steps,
         "repeats": repeats,

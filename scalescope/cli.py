@@ -170,6 +170,9 @@ def build_parser() -> argparse.ArgumentParser:
     bt.add_argument("--json", action="store_true")
     bt.set_defaults(fn=cmd_bench_train)
 
+    from .probe_cli import add_probe_parser
+
+    add_probe_parser(sub)
     try:
         from .laws.cli import add_fit_parser
     except ImportError:  # pragma: no cover

@@ -72,10 +72,12 @@ def register(name: str) -> Callable[[Callable[..., Probe]], Callable[..., Probe]
 
 
 def available() -> list[str]:
+    _load_builtins()
     return sorted(_REGISTRY)
 
 
 def resolve(name: str) -> Callable[..., Probe]:
+    _load_builtins()
     if name in _REGISTRY:
         return _REGISTRY[name]
     if ":" in name:
@@ -117,5 +119,20 @@ def build(spec: dict[str, dict[str, Any]]) -> list[Instrument]:
     return out
 
 
-# Built-in instruments register themselves on import.
-from . import basic  # noqa: E402,F401
+# Built-in instrument modules register themselves on import; imported on first use, so a module being
+# absent (or slow to import) costs nothing until an experiment names one of its instruments.
+BUILTIN_MODULES = ("basic", "noise_scale", "curvature", "covariance")
+_loaded = False
+
+
+def _load_builtins() -> None:
+    global _loaded
+    if _loaded:
+        return
+    _loaded = True
+    for m in BUILTIN_MODULES:
+        try:
+            importlib.import_module(f"{__name__}.{m}")
+        except ModuleNotFoundError as e:
+            if e.name != f"{__name__}.{m}":
+                raise
