@@ -1,0 +1,45 @@
+"""Scaling laws: fit, bootstrap, extrapolate and check (issue 3).
+
+Every law follows one contract (scikit-learn's): options in the constructor, ``fit(X, y)`` returns self,
+fitted values end in ``_`` (``params_``, ``ci_``, ``r2_``, ``rmsle_``, ``n_points_``,
+``bootstrap_params_``), ``predict`` and ``predict_interval``; bad input raises :class:`FitError`.
+"""
+
+from .base import Estimator, FitError, Law, NotFittedError
+from .bnsl import BrokenNeuralScalingLaw
+from .chinchilla import (
+    ChinchillaLaw,
+    chinchilla_loss,
+    compute_optimal_allocation,
+    compute_optimal_exponents,
+    hoffmann_grid,
+)
+from .critical_batch import CriticalBatchLaw, StepsExamplesFit, fit_steps_examples
+from .holdout import HoldoutResult, holdout_largest
+from .isoflop import IsoFLOPAnalysis
+from .power import PowerLaw, SaturatingPowerLaw
+from .varpro import ChinchillaCrossCheck, ChinchillaVarPro, compare_chinchilla
+
+__all__ = [
+    "BrokenNeuralScalingLaw",
+    "ChinchillaCrossCheck",
+    "ChinchillaLaw",
+    "ChinchillaVarPro",
+    "CriticalBatchLaw",
+    "Estimator",
+    "FitError",
+    "HoldoutResult",
+    "IsoFLOPAnalysis",
+    "Law",
+    "NotFittedError",
+    "PowerLaw",
+    "SaturatingPowerLaw",
+    "StepsExamplesFit",
+    "chinchilla_loss",
+    "compare_chinchilla",
+    "compute_optimal_allocation",
+    "compute_optimal_exponents",
+    "fit_steps_examples",
+    "hoffmann_grid",
+    "holdout_largest",
+]
