@@ -104,3 +104,23 @@ def test_bench_train_json():
     out = json.loads(r.stdout)
     assert out["tokens_per_s"] > 0 and out["flops_per_s"] > 0 and out["matmul_flops_per_s"] > 0
     assert out["flops_per_s"] == pytest.approx(out["tokens_per_s"] * out["flops_per_token_counted"])
+
+
+def test_fit_chinchilla_from_store(tiny_toml, tmp_path, capsys):
+    exp = tiny_toml("""
+    [sweep]
+    "model.d_model" = [8, 16, 32]
+    "train.tokens" = [1024, 2048, 4096]
+    """)
+    store = tmp_path / "s"
+    assert main(["run", str(exp), "--store", str(store), "--workers", "2", "--quiet"]) == 0
+    capsys.readouterr()
+    assert main(["fit", "chinchilla", "--store", str(store), "--bootstrap", "20", "--grid", "coarse", "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["n_points"] == 9 and out["source"]["n"] == "params_nonembedding"
+    assert {"E", "A", "B", "alpha", "beta"} <= set(out["ci"])
+    where = "`train.tokens` >= 2048"
+    assert main(["fit", "chinchilla", "--store", str(store), "--where", where, "--bootstrap", "20", "--grid", "coarse",
+                 "--count", "total", "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["n_points"] == 6 and out["source"]["n"] == "params_total"

@@ -68,6 +68,12 @@ def add_fit_parser(subparsers: Any) -> argparse.ArgumentParser:
         help="with --store: which parameter count is N (default nonembedding, as Kaplan et al.)",
     )
     c.add_argument(
+        "--where",
+        metavar="EXPR",
+        help="with --store: keep runs matching a pandas query on the runs table, "
+        "e.g. \"`train.tokens` >= 1e6 and `model.n_layer` == 2\"",
+    )
+    c.add_argument(
         "--grid",
         choices=["hoffmann", "coarse"],
         default="hoffmann",
@@ -172,6 +178,11 @@ def _store_data(args: argparse.Namespace) -> tuple[np.ndarray, np.ndarray, dict[
     if absent:
         raise InputError(f"store {args.store} runs table lacks {', '.join(absent)}")
     done = runs[runs["status"] == "finished"]
+    if getattr(args, "where", None):
+        try:
+            done = done.query(args.where)
+        except Exception as err:  # noqa: BLE001 - a bad expression is one line for the user
+            raise InputError(f"--where: cannot evaluate {args.where!r}: {type(err).__name__}: {err}") from None
     if done.empty:
         raise InputError(f"store {args.store} has no finished runs ({len(runs)} runs in all)")
     import pandas as pd
@@ -188,7 +199,8 @@ def _store_data(args: argparse.Namespace) -> tuple[np.ndarray, np.ndarray, dict[
     return (
         X,
         vals["final_val_loss"].to_numpy(),
-        {"store": args.store, "n": ncol, "d": "tokens", "loss": "final_val_loss", "runs": int(good.sum())},
+        {"store": args.store, "n": ncol, "d": "tokens", "loss": "final_val_loss", "runs": int(good.sum()),
+         "where": getattr(args, "where", None)},
     )
 
 
