@@ -1,0 +1,15 @@
+#!/usr/bin/env bash
+# Set up and run the test suite on a fresh machine: Debian's chromium (the report test renders the HTML
+# report in it), a virtual environment with the package and its test extra, then pytest.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+if ! command -v chromium >/dev/null; then
+  if [ "$(id -u)" = 0 ]; then
+    apt-get update -qq && apt-get install -y -qq chromium >/dev/null
+  else
+    echo "note: chromium not installed and not root; the report rendering test will be skipped" >&2
+  fi
+fi
+python3 -m venv .venv
+.venv/bin/pip install -q -e '.[test]'
+exec .venv/bin/python -m pytest "$@"
