@@ -1,0 +1,331 @@
+"""Curvature of the loss on a probe batch fixed per run: top Hessian eigenvalues, trace, spectral density,
+the Gauss-Newton matrix, and AdamW's preconditioned sharpness beside the edge-of-stability thresholds.
+
+Estimators (all matrix-free, on :mod:`scalescope.instruments.hvp`'s Hessian-vector products):
+
+- **top-k eigenvalues**: ARPACK's implicitly restarted Lanczos (``scipy.sparse.linalg.eigsh``,
+  Lehoucq et al. 1998), largest algebraic, seeded start vector;
+- **trace**: Hutch++ (Meyer, Musco, Musco & Woodruff 2021, alg. 1):
+  tr(A) ≈ tr(QᵀAQ) + (3/m) tr(Gᵀ(I−QQᵀ)A(I−QQᵀ)G) with Q = orth(AS). Written here rather than taken from
+  curvlinops' ``hutchpp_trace`` because that returns no error: ours also returns the standard error of
+  the Hutchinson part (the sample std of its m/3 terms over √(m/3)), the only random part once Q is fixed;
+- **spectral density**: stochastic Lanczos quadrature (Golub & Meurant 2010; Ubaru, Chen & Saad 2017;
+  Ghorbani, Krishnan & Xiao 2019) as in Papyan 2020 alg. 2, taken from curvlinops
+  (``fast_lanczos`` and its Gaussian smoothing). Each run gives nodes θⱼ (Ritz values) and weights
+  τⱼ = (e₁ᵀyⱼ)², Σⱼτⱼ = 1, Σⱼτⱼθⱼ = vᵀAv: the density integrates to one and its mean is a Hutchinson
+  estimate of tr(A)/n. Nodes and weights are stored, so the density can be re-smoothed offline;
+- **GGN** (option ``ggn``): the same top-k and trace for G = Jᵀ∇²ℓJ (Schraudolph 2002), PSD;
+- **preconditioned sharpness** for Adam/AdamW: λ₁(P⁻¹H) = λ₁(P^(−1/2)HP^(−1/2)) with P = diag(√v̂ + ε)
+  from the optimizer's current state (Cohen et al. 2022, "Adaptive gradient methods at the edge of
+  stability", sec. 3), beside the thresholds of :func:`eos_thresholds`.
+
+The probe batch is ``ctx.probe_batch(index)``: the same tokens at every evaluation, so values compare over
+training. Only the spectral density needs curvlinops (``pip install 'scalescope[curvature]'``); without
+it, ``density = false`` runs everything else, and ``density = true`` is a :class:`ConfigError` naming
+the extra.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import time
+from typing import Any
+
+import numpy as np
+import torch
+
+from ..config import ConfigError
+from ..data.base import Batch
+from . import ProbeContext, register
+from .hvp import (
+    GGNOperator,
+    HessianOperator,
+    Objective,
+    Operator,
+    PreconditionedOperator,
+    adam_preconditioner,
+    math_attention,
+    top_eigenpairs,
+)
+
+EXTRA_HINT = "the spectral density needs curvlinops: pip install 'scalescope[curvature]' (or set density = false)"
+
+
+def _require_curvlinops() -> None:
+    try:
+        import curvlinops  # noqa: F401
+    except ImportError:
+        raise ConfigError(EXTRA_HINT, field="instruments.curvature.density") from None
+
+
+def eos_thresholds(lr: float, *, beta1: float = 0.9, momentum: float = 0.0) -> dict[str, float]:
+    """Edge-of-stability thresholds for a learning rate η (Cohen et al. 2021, 2022).
+
+    On a quadratic with curvature λ, gradient descent is stable iff λ < 2/η; heavy-ball momentum μ in
+    PyTorch's form (v ← μv + g, θ ← θ − ηv) iff λ < (2 + 2μ)/η (Cohen et al. 2021, app. ... "momentum");
+    Adam with a frozen preconditioner P and EMA momentum m ← β₁m + (1−β₁)g iff the preconditioned
+    curvature λ(P⁻¹H) < (2 + 2β₁)/(η(1 − β₁)) (Cohen et al. 2022, eq. 1): 38/η for β₁ = 0.9.
+    Empty for η ≤ 0 (e.g. step 0 of a warmup), where no threshold exists.
+    """
+    if not lr > 0:
+        return {}
+    return {
+        "threshold_gd": 2.0 / lr,
+        "threshold_momentum": (2.0 + 2.0 * momentum) / lr,
+        "threshold_adam": (2.0 + 2.0 * beta1) / (lr * (1.0 - beta1)),
+    }
+
+
+def _rademacher(n: int, k: int, gen: torch.Generator, like: Operator) -> torch.Tensor:
+    r = torch.randint(0, 2, (n, k), generator=gen, dtype=torch.int8).to(like.dtype).mul_(2).sub_(1)
+    return r.to(like.device)
+
+
+def hutchpp(op: Operator, num_matvecs: int = 30, *, seed: int = 0) -> tuple[float, float]:
+    """Hutch++ trace estimate and its standard error (Meyer et al. 2021, alg. 1), ``num_matvecs`` products.
+
+    The sketch S and the Hutchinson probes G are Rademacher with m/3 columns each. Conditional on Q the
+    estimate is unbiased; its error is that of the mean of the m/3 terms gᵢᵀ(I−QQᵀ)A(I−QQᵀ)gᵢ, whose
+    sample standard error is returned (a 1-sigma error; ~95% of estimates lie within two of it).
+    """
+    n = op.shape[0]
+    if num_matvecs % 3 or num_matvecs < 6:
+        raise ValueError(f"num_matvecs must be a multiple of 3 and at least 6, got {num_matvecs}")
+    k = num_matvecs // 3
+    if k >= n:
+        raise ValueError(f"num_matvecs/3 = {k} must be below the dimension {n}")
+    gen = torch.Generator().manual_seed(seed)
+    S, G = _rademacher(n, k, gen, op), _rademacher(n, k, gen, op)
+    # Orthonormalize in float64: the sketch of a float32 HVP is well conditioned enough, QR is not.
+    Q, _ = torch.linalg.qr(op.matmat(S).double())
+    Qd = Q.to(op.dtype)
+    exact_part = float((Q * op.matmat(Qd).double()).sum())
+    Gp = (G.double() - Q @ (Q.T @ G.double())).to(op.dtype)
+    AG = op.matmat(Gp).double()
+    AG = AG - Q @ (Q.T @ AG)
+    terms = (Gp.double() * AG).sum(0)
+    return exact_part + float(terms.mean()), float(terms.std(unbiased=True) / math.sqrt(k))
+
+
+def slq(op: Operator, steps: int = 30, repeats: int = 1, *, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Stochastic Lanczos quadrature nodes and weights, each (repeats, steps), via curvlinops'
+    ``fast_lanczos`` (Papyan 2020 alg. 2: no reorthogonalization; loss of orthogonality duplicates
+    converged Ritz values but leaves the quadrature weights' sums right)."""
+    _require_curvlinops()
+    from curvlinops.papyan2020traces.spectrum import fast_lanczos
+
+    nodes, weights = [], []
+    # fast_lanczos draws its start vector from the global generator: fork it, so a probe never moves
+    # the training RNG, and seed it, so the same probe gives the same density.
+    with torch.random.fork_rng(devices=[]):
+        for r in range(repeats):
+            torch.manual_seed(seed * 1000 + r)
+            evals, evecs = fast_lanczos(op, steps)
+            nodes.append(evals.double().cpu().numpy())
+            weights.append((evecs[0, :].double() ** 2).cpu().numpy())
+    return np.stack(nodes), np.stack(weights)
+
+
+def slq_density(nodes: np.ndarray, weights: np.ndarray, num_points: int = 256, *,
+                boundaries: tuple[float, float] | None = None, kappa: float = 3.0,
+                margin: float = 0.05) -> tuple[np.ndarray, np.ndarray]:
+    """Gaussian-smoothed density p(λ) on a grid, averaged over the SLQ runs (curvlinops'
+    ``lanczos_approximate_spectrum_from_iter``; bump width set by the number of Lanczos steps and
+    ``kappa``, Papyan 2020 sec. D.2). ``boundaries`` default to the extreme nodes."""
+    _require_curvlinops()
+    from curvlinops.papyan2020traces.spectrum import lanczos_approximate_spectrum_from_iter
+
+    lo, hi = boundaries if boundaries is not None else (float(nodes.min()), float(nodes.max()))
+    if hi - lo <= 1e-12 * max(1.0, abs(hi)):
+        lo, hi = lo - 0.5, hi + 0.5
+    dens, grid = None, None
+    for nd, w in zip(nodes, weights):
+        evecs0 = torch.as_tensor(np.sqrt(w), dtype=torch.float64)
+        # from_iter reads only evecs[0, :]: pass the first row, not the whole eigenvector matrix.
+        it = (torch.as_tensor(nd, dtype=torch.float64), evecs0.reshape(1, -1))
+        g, d = lanczos_approximate_spectrum_from_iter(it, (lo, hi), num_points, kappa, margin)
+        dens = d if dens is None else dens + d
+        grid = g
+    return grid.numpy(), (dens / len(nodes)).numpy()
+
+
+def _eig_block(op: Operator, prefix: str, k: int, tol: float, seed: int, out: dict[str, Any]) -> np.ndarray:
+    vals, _ = top_eigenpairs(op, k, tol=tol, seed=seed, vectors=False)
+    for i, v in enumerate(vals):
+        out[f"{prefix}eig_{i + 1}"] = float(v)
+    out[f"{prefix}eigenvalues"] = vals.astype(np.float64)
+    return vals
+
+
+def measure(model: torch.nn.Module, batch: Batch, *, optimizer: torch.optim.Optimizer | None = None,
+            lr: float = 0.0, train_cfg: Any = None, top_k: int = 3, trace_matvecs: int = 30,
+            density: bool = True, slq_steps: int = 30, slq_repeats: int = 1, density_points: int = 256,
+            ggn: bool = False, preconditioned: bool = True, tol: float = 1e-4, seed: int = 0,
+            dtype: torch.dtype | None = None) -> dict[str, Any]:
+    """All curvature measurements on one batch. Floats are metrics; arrays (eigenvalues, the density as
+    (2, points) [grid; p], SLQ nodes and weights) are artifacts. Raises :class:`ConfigError` for a
+    ``top_k`` (or product count) the model is too small for."""
+    t0 = time.perf_counter()
+    out: dict[str, Any] = {}
+    with math_attention(model):
+        obj = Objective(model, batch.inputs, batch.targets, batch.loss_mask, dtype=dtype)
+        n = obj.n
+        if not 1 <= top_k < n:
+            raise ConfigError(f"top_k must be between 1 and {n - 1} (the parameter count is {n}), got {top_k}",
+                              field="top_k")
+        if trace_matvecs // 3 >= n or slq_steps > n:
+            raise ConfigError(f"trace_matvecs/3 and slq_steps must be below the parameter count {n}",
+                              field="trace_matvecs")
+        H = HessianOperator(obj)
+        out["loss"] = float(H.loss)
+        out["grad_norm"] = float(H.gradient.norm())
+        vals = _eig_block(H, "", top_k, tol, seed, out)
+        out["lambda_max"] = float(vals[0])
+        out["trace"], out["trace_stderr"] = hutchpp(H, trace_matvecs, seed=seed)
+        if density:
+            nodes, weights = slq(H, slq_steps, slq_repeats, seed=seed)
+            lo, hi = float(nodes.min()), max(float(nodes.max()), float(vals[0]))
+            grid, p = slq_density(nodes, weights, density_points, boundaries=(lo, hi))
+            out["density"] = np.stack([grid, p])
+            out["slq_nodes"], out["slq_weights"] = nodes, weights
+        products = H.n_products
+        if preconditioned and optimizer is not None:
+            P = adam_preconditioner(optimizer, obj.model_params)
+            if P is not None:
+                pre = PreconditionedOperator(H, P.to(obj.device))
+                pvals, _ = top_eigenpairs(pre, 1, tol=tol, seed=seed + 1, vectors=False)
+                out["precond_sharpness"] = float(pvals[0])
+                products += pre.n_products
+        if ggn:
+            G = GGNOperator(obj)
+            _eig_block(G, "ggn_", top_k, tol, seed, out)
+            out["ggn_trace"], out["ggn_trace_stderr"] = hutchpp(G, trace_matvecs, seed=seed)
+            products += G.n_products
+    # Thresholds for the step size the next update uses, and the ratio for the run's own optimizer.
+    kind = getattr(train_cfg, "optimizer", None)
+    thr = eos_thresholds(lr, beta1=getattr(train_cfg, "beta1", 0.9),
+                         momentum=getattr(train_cfg, "momentum", 0.0) if kind == "sgd" else 0.0)
+    out.update(thr)
+    if thr and kind == "sgd":
+        out["eos_ratio"] = out["lambda_max"] / thr["threshold_momentum"]
+    elif thr and kind == "adamw" and "precond_sharpness" in out:
+        out["eos_ratio"] = out["precond_sharpness"] / thr["threshold_adam"]
+    out["hvps"] = float(products)
+    out["seconds"] = time.perf_counter() - t0
+    return out
+
+
+def _check_options(top_k: int, trace_matvecs: int, slq_steps: int, slq_repeats: int, density_points: int,
+                   tol: float) -> None:
+    def bad(field: str, msg: str) -> ConfigError:
+        return ConfigError(msg, field=f"instruments.curvature.{field}")
+
+    if not isinstance(top_k, int) or top_k < 1:
+        raise bad("top_k", f"expected a positive integer, got {top_k!r}")
+    if not isinstance(trace_matvecs, int) or trace_matvecs < 6 or trace_matvecs % 3:
+        raise bad("trace_matvecs", f"expected a multiple of 3 of at least 6, got {trace_matvecs!r}")
+    if not isinstance(slq_steps, int) or slq_steps < 2:
+        raise bad("slq_steps", f"expected an integer of at least 2, got {slq_steps!r}")
+    if not isinstance(slq_repeats, int) or slq_repeats < 1:
+        raise bad("slq_repeats", f"expected a positive integer, got {slq_repeats!r}")
+    if not isinstance(density_points, int) or density_points < 8:
+        raise bad("density_points", f"expected an integer of at least 8, got {density_points!r}")
+    if not (isinstance(tol, (int, float)) and 0 <= tol < 1):
+        raise bad("tol", f"expected a number in [0, 1), got {tol!r}")
+
+
+@register("curvature")
+def make_curvature(top_k: int = 3, trace_matvecs: int = 30, density: bool = True, slq_steps: int = 30,
+                   slq_repeats: int = 1, density_points: int = 256, ggn: bool = False, preconditioned: bool = True,
+                   tol: float = 1e-4, seed: int = 0, index: int = 0, float64: bool = False):
+    """The curvature instrument; options as in :func:`measure`. ``index`` picks the probe batch (fixed per
+    run), the common ``batch_size`` its size; ``float64`` runs on a double copy of the model (slower,
+    for checks). Cost per probe ≈ (eigsh's ~3k–10k + ``trace_matvecs`` + ``slq_steps`` × ``slq_repeats``)
+    HVPs, each ~1.5–2.5 gradients (bench/bench_hvp.py); the count is logged as ``curvature/hvps``."""
+    _check_options(top_k, trace_matvecs, slq_steps, slq_repeats, density_points, tol)
+    if density:
+        _require_curvlinops()
+
+    def probe(ctx: ProbeContext) -> dict:
+        return measure(
+            ctx.model, ctx.probe_batch(index), optimizer=ctx.optimizer, lr=ctx.lr, train_cfg=ctx.train_cfg,
+            top_k=top_k, trace_matvecs=trace_matvecs, density=density, slq_steps=slq_steps,
+            slq_repeats=slq_repeats, density_points=density_points, ggn=ggn, preconditioned=preconditioned,
+            tol=tol, seed=seed, dtype=torch.float64 if float64 else None,
+        )
+
+    return probe
+
+
+# --- scalescope probe curvature RUN_DIR ------------------------------------------------------------------
+def _jsonable(v: Any) -> Any:
+    if isinstance(v, np.ndarray):
+        return [_jsonable(x) for x in v.tolist()]
+    if isinstance(v, list):
+        return [_jsonable(x) for x in v]
+    if isinstance(v, float):
+        return v if math.isfinite(v) else None
+    return v
+
+
+def add_probe_command(sub: Any) -> None:
+    from ..probe_cli import add_common
+
+    p = sub.add_parser("curvature", help="top Hessian eigenvalues, trace (Hutch++), spectral density, EoS")
+    add_common(p)
+    p.add_argument("--top-k", type=int, default=3, help="how many top eigenvalues (default 3)")
+    p.add_argument("--batch-size", type=int, default=None, help="probe batch size (default: the run's micro-batch)")
+    p.add_argument("--trace-matvecs", type=int, default=30, help="Hutch++ products, a multiple of 3 (default 30)")
+    p.add_argument("--density", action="store_true", help="also the SLQ spectral density (needs curvlinops)")
+    p.add_argument("--ggn", action="store_true", help="also the Gauss-Newton matrix's top-k and trace")
+    p.add_argument("--tol", type=float, default=1e-4, help="Lanczos relative tolerance (default 1e-4)")
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(fn=_cmd_probe_curvature)
+
+
+def _cmd_probe_curvature(args: argparse.Namespace) -> int:
+    from .offline import load_run
+
+    if args.top_k < 1:
+        raise ConfigError(f"expected a positive integer, got {args.top_k}", field="--top-k")
+    if args.trace_matvecs < 6 or args.trace_matvecs % 3:
+        raise ConfigError(f"expected a multiple of 3 of at least 6, got {args.trace_matvecs}", field="--trace-matvecs")
+    if args.density:
+        try:
+            _require_curvlinops()
+        except ConfigError:
+            raise ConfigError(EXTRA_HINT.replace("set density = false", "drop --density"), field="--density") from None
+    run = load_run(args.run_dir, args.step)
+    ctx = run.context(args.batch_size)
+    with torch.random.fork_rng(devices=[]):
+        try:
+            res = measure(run.model, ctx.probe_batch(0), optimizer=run.optimizer if run.has_optimizer_state else None,
+                          lr=ctx.lr, train_cfg=run.cfg.train, top_k=args.top_k, trace_matvecs=args.trace_matvecs,
+                          density=args.density, ggn=args.ggn, tol=args.tol, seed=args.seed)
+        except ConfigError as e:
+            if e.field == "top_k":
+                raise ConfigError(str(e).removeprefix("top_k: "), field="--top-k", file=args.run_dir) from None
+            raise
+    res = {"run_dir": str(run.run_dir.path), "step": run.step, "params": int(sum(
+        p.numel() for p in run.model.parameters())), **res}
+    res["eigenvalues"] = res.pop("eigenvalues")
+    if "density" in res:
+        grid, p = res.pop("density")
+        res["density"] = {"grid": grid, "p": p}
+    if "ggn_eigenvalues" in res:
+        res["ggn_eigenvalues"] = res.pop("ggn_eigenvalues")
+    res = {k: _jsonable(v) if not isinstance(v, dict) else {a: _jsonable(b) for a, b in v.items()}
+           for k, v in res.items()}
+    if args.json:
+        print(json.dumps(res))
+        return 0
+    print(f"{res['run_dir']} step {res['step']}: loss {res['loss']:.4f} on the probe batch")
+    print("top eigenvalues: " + ", ".join(f"{v:.4g}" for v in res["eigenvalues"]))
+    print(f"trace {res['trace']:.4g} ± {res['trace_stderr']:.2g} (Hutch++, 1 s.e.)")
+    for k in ("precond_sharpness", "threshold_gd", "threshold_momentum", "threshold_adam", "eos_ratio"):
+        if res.get(k) is not None:
+            print(f"{k}: {res[k]:.4g}")
+    print(f"{int(res['hvps'])} Hessian-vector products in {res['seconds']:.1f} s")
+    return 0
