@@ -170,6 +170,7 @@ def build_parser() -> argparse.ArgumentParser:
     bt.add_argument("--json", action="store_true")
     bt.set_defaults(fn=cmd_bench_train)
 
+    from .critical_batch import add_critical_batch_parser
     from .forecast import add_forecast_parser
     from .probe_cli import add_probe_parser
     from .report.cli import add_report_parser
@@ -177,6 +178,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_probe_parser(sub)
     add_report_parser(sub)
     add_forecast_parser(sub)
+    add_critical_batch_parser(sub)
     try:
         from .laws.cli import add_fit_parser
     except ImportError:  # pragma: no cover

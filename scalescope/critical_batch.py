@@ -93,6 +93,8 @@ class TargetResult:
     E_min: float = math.nan
     B_simple: float = math.nan
     B_simple_runs: int = 0
+    # The noisy quadratic model's prediction from the covariance instrument at the same loss (if logged).
+    B_crit_nqm: float = math.nan
     error: str | None = None
     fit: Any = field(default=None, repr=False)
 
@@ -104,7 +106,7 @@ class TargetResult:
     def as_dict(self, seq_len: int | None = None) -> dict[str, Any]:
         d = {"target": self.target, "B_crit": self.B_crit, "B_crit_ci": list(self.B_crit_ci), "S_min": self.S_min,
              "E_min": self.E_min, "B_simple": self.B_simple, "B_simple_runs": self.B_simple_runs,
-             "B_crit_over_B_simple": self.ratio, "error": self.error,
+             "B_crit_over_B_simple": self.ratio, "B_crit_nqm": self.B_crit_nqm, "error": self.error,
              "points": self.table.to_dict(orient="records")}
         if seq_len:
             d |= {"B_crit_tokens": self.B_crit * seq_len, "B_simple_tokens": self.B_simple * seq_len}
@@ -194,6 +196,7 @@ def critical_batch_analysis(
         raise ConfigError("the store has no runs", field="store")
     curves = _curves(metrics, metric)
     noise = {name: _curves(metrics, f"noise_scale/{name}") for name in ("G2", "trace_sigma")}
+    noise["nqm_B_crit"] = _curves(metrics, "covariance/nqm_B_crit")
     results = []
     for group, gruns in _groups(runs, group_by):
         seq = gruns["model.seq_len"].dropna().unique() if "model.seq_len" in gruns else []
@@ -250,6 +253,11 @@ def _one_target(target, per_run, noise, fit_steps_examples, bootstrap, random_st
         if math.isfinite(gv) and math.isfinite(tv):
             g2s.append(gv)
             trs.append(tv)
+    nqm = [_interp_at(*noise["nqm_B_crit"][r["id"]], r["steps"]) for r in per_run.to_dict(orient="records")
+           if math.isfinite(r["steps"]) and r["id"] in noise["nqm_B_crit"]]
+    nqm = [v for v in nqm if math.isfinite(v)]
+    if nqm:  # a geometric mean: the prediction is a scale, and noisy by factors rather than offsets
+        out.B_crit_nqm = float(np.exp(np.mean(np.log(np.clip(nqm, 1e-300, None)))))
     if g2s:
         out.B_simple_runs = len(g2s)
         g2 = float(np.mean(g2s))
@@ -301,12 +309,13 @@ def cmd_critical_batch(args: argparse.Namespace) -> int:
     for r in res:
         name = ", ".join(f"{k}={v}" for k, v in r.group.items()) or "all runs"
         print(f"{name} ({r.n_runs} runs, {r.metric}); batch sizes in sequences")
-        print(f"  {'target':>8} {'B_crit':>10} {'95% interval':>22} {'B_simple':>10} {'ratio':>7}  note")
+        print(f"  {'target':>8} {'B_crit':>10} {'95% interval':>22} {'B_simple':>10} {'ratio':>7} {'NQM':>9}  note")
         for t in r.targets:
             ci = f"[{t.B_crit_ci[0]:.4g}, {t.B_crit_ci[1]:.4g}]"
             edge = [str(b) for b in t.table.loc[t.table["lr_at_grid_edge"], "batch_size"]]
             note = t.error or ("lr optimum at grid edge for B=" + ",".join(edge) if edge else "")
-            print(f"  {t.target:>8.4g} {t.B_crit:>10.4g} {ci:>22} {t.B_simple:>10.4g} {t.ratio:>7.3g}  {note}")
+            print(f"  {t.target:>8.4g} {t.B_crit:>10.4g} {ci:>22} {t.B_simple:>10.4g} {t.ratio:>7.3g} "
+                  f"{t.B_crit_nqm:>9.4g}  {note}")
         if r.law:
             print(f"  B_crit(L) = {r.law['B_star']:.4g} / L^(1/{r.law['alpha_B']:.3g})  (Kaplan et al. 2020 eq. 5.3)")
         else:

@@ -58,6 +58,11 @@ def _synthetic_store(tmp_path, *, seeds=(0,), noise_metrics=True):
                                      "metric": "noise_scale/G2", "value": 2.0})
                         rows.append({"step": int(s), "tokens": 0, "flops": 0.0, "wall_s": 0.0,
                                      "metric": "noise_scale/trace_sigma", "value": 2.0 * float(b_simple(L))})
+                        # The covariance instrument's NQM prediction: 3 B_simple(L), times a per-run
+                        # factor whose geometric mean over the runs is 1.
+                        rows.append({"step": int(s), "tokens": 0, "flops": 0.0, "wall_s": 0.0,
+                                     "metric": "covariance/nqm_B_crit",
+                                     "value": 3.0 * float(b_simple(L)) * (2.0 if lr == 1e-3 else 0.5 if lr == 4e-3 else 1)})
                 rd.append_metrics(rows)
                 rd.write_status("finished", step=int(steps[-1]))
     return store
@@ -92,6 +97,7 @@ def test_recovers_the_hyperbola_the_law_and_b_simple(tmp_path):
         assert t.B_simple == pytest.approx(float(b_simple(t.target)), rel=0.01)
         assert t.ratio == pytest.approx(2.0, rel=0.02)
         assert t.B_simple_runs == len(BATCHES) * len(LR_SLOWDOWN)
+        assert t.B_crit_nqm == pytest.approx(3.0 * float(b_simple(t.target)), rel=0.01)
     assert res.law["B_star"] == pytest.approx(B_STAR, rel=0.03)
     assert res.law["alpha_B"] == pytest.approx(ALPHA_B, rel=0.03)
     d = res.as_dict()
@@ -120,7 +126,6 @@ def test_unreachable_targets_are_reported_not_raised(tmp_path):
 
 
 def test_command_line(tmp_path, capsys):
-    from scalescope.cli import build_parser
     from scalescope.critical_batch import add_critical_batch_parser
 
     store = _synthetic_store(tmp_path, noise_metrics=True)
@@ -141,7 +146,13 @@ def test_command_line(tmp_path, capsys):
     bad = p.parse_args(["critical-batch", str(store.path), "--targets", "two"])
     with pytest.raises(C.ConfigError, match="--targets"):
         bad.fn(bad)
-    assert build_parser  # the main parser is the lead's to wire
+    # Wired into the main command line, with its errors as one line and exit 2.
+    from scalescope.cli import main
+
+    assert main(["critical-batch", str(store.path), "--targets", "2.0", "--bootstrap", "20", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["groups"]
+    assert main(["critical-batch", str(store.path), "--targets", "two"]) == 2
+    assert capsys.readouterr().err.startswith("error: ")
 
 
 def test_experiment_template_expands():

@@ -10,19 +10,24 @@ Estimators (all matrix-free, on :mod:`scalescope.instruments.hvp`'s Hessian-vect
   curvlinops' ``hutchpp_trace`` because that returns no error: ours also returns the standard error of
   the Hutchinson part (the sample std of its m/3 terms over √(m/3)), the only random part once Q is fixed;
 - **spectral density**: stochastic Lanczos quadrature (Golub & Meurant 2010; Ubaru, Chen & Saad 2017;
-  Ghorbani, Krishnan & Xiao 2019) as in Papyan 2020 alg. 2, taken from curvlinops
-  (``fast_lanczos`` and its Gaussian smoothing). Each run gives nodes θⱼ (Ritz values) and weights
-  τⱼ = (e₁ᵀyⱼ)², Σⱼτⱼ = 1, Σⱼτⱼθⱼ = vᵀAv: the density integrates to one and its mean is a Hutchinson
-  estimate of tr(A)/n. Nodes and weights are stored, so the density can be re-smoothed offline;
+  Ghorbani, Krishnan & Xiao 2019, sec. 3): m Lanczos steps from a random unit vector v, with full
+  reorthogonalization, give the tridiagonal T = YΘYᵀ; nodes θⱼ (Ritz values) and weights
+  τⱼ = (e₁ᵀyⱼ)² satisfy Σⱼτⱼ = 1 and Σⱼτⱼθⱼ^p = vᵀA^p v for p < 2m, so the density integrates to one and
+  its mean is a Hutchinson estimate of tr(A)/n. Nodes and weights are stored, so the density can be
+  re-smoothed offline; the report smooths them with a Gaussian (Ghorbani et al. eq. 9);
 - **GGN** (option ``ggn``): the same top-k and trace for G = Jᵀ∇²ℓJ (Schraudolph 2002), PSD;
 - **preconditioned sharpness** for Adam/AdamW: λ₁(P⁻¹H) = λ₁(P^(−1/2)HP^(−1/2)) with P = diag(√v̂ + ε)
   from the optimizer's current state (Cohen et al. 2022, "Adaptive gradient methods at the edge of
   stability", sec. 3), beside the thresholds of :func:`eos_thresholds`.
 
 The probe batch is ``ctx.probe_batch(index)``: the same tokens at every evaluation, so values compare over
-training. Only the spectral density needs curvlinops (``pip install 'scalescope[curvature]'``); without
-it, ``density = false`` runs everything else, and ``density = true`` is a :class:`ConfigError` naming
-the extra.
+training.
+
+Why not curvlinops-for-pytorch, which has SLQ and Hutch++: it depends on backpack-for-pytorch, which
+depends on torchvision, and installing it replaces the pinned CPU ``torch==2.13.0`` with a newer CUDA
+build (several GB; checked with ``pip install --dry-run curvlinops-for-pytorch`` on 2026-11-24). The
+operators here still follow its (and SciPy's) linear-operator protocol, so its routines accept them
+where it is installed. Lanczos with full reorthogonalization is a dozen lines.
 """
 
 from __future__ import annotations
@@ -49,15 +54,6 @@ from .hvp import (
     math_attention,
     top_eigenpairs,
 )
-
-EXTRA_HINT = "the spectral density needs curvlinops: pip install 'scalescope[curvature]' (or set density = false)"
-
-
-def _require_curvlinops() -> None:
-    try:
-        import curvlinops  # noqa: F401
-    except ImportError:
-        raise ConfigError(EXTRA_HINT, field="instruments.curvature.density") from None
 
 
 def eos_thresholds(lr: float, *, beta1: float = 0.9, momentum: float = 0.0) -> dict[str, float]:
@@ -109,46 +105,63 @@ def hutchpp(op: Operator, num_matvecs: int = 30, *, seed: int = 0) -> tuple[floa
     return exact_part + float(terms.mean()), float(terms.std(unbiased=True) / math.sqrt(k))
 
 
-def slq(op: Operator, steps: int = 30, repeats: int = 1, *, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
-    """Stochastic Lanczos quadrature nodes and weights, each (repeats, steps), via curvlinops'
-    ``fast_lanczos`` (Papyan 2020 alg. 2: no reorthogonalization; loss of orthogonality duplicates
-    converged Ritz values but leaves the quadrature weights' sums right)."""
-    _require_curvlinops()
-    from curvlinops.papyan2020traces.spectrum import fast_lanczos
+def lanczos(op: Operator, steps: int, v0: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
+    """``steps`` Lanczos iterations from ``v0`` with full reorthogonalization (in float64): the nodes
+    (eigenvalues of the tridiagonal T) and the quadrature weights (squared first components of its
+    eigenvectors). Stops early, with fewer nodes, when the Krylov space is exhausted (β ≈ 0)."""
+    n = op.shape[0]
+    V = torch.zeros(n, steps, dtype=torch.float64, device=v0.device)
+    alpha, beta = [], []
+    v = v0.double() / v0.double().norm()
+    for j in range(steps):
+        V[:, j] = v
+        w = op.matvec(v.to(op.dtype)).double()
+        alpha.append(float(v @ w))
+        # Twice is enough (Giraud et al. 2005, "twice is enough"): keeps V orthonormal to rounding.
+        for _ in range(2):
+            w = w - V[:, : j + 1] @ (V[:, : j + 1].T @ w)
+        b = float(w.norm())
+        if j == steps - 1 or b <= 1e-10 * max(1.0, abs(alpha[-1])):
+            break
+        beta.append(b)
+        v = w / b
+    T = np.diag(alpha) + np.diag(beta, 1) + np.diag(beta, -1)
+    theta, Y = np.linalg.eigh(T)
+    return theta, Y[0, :] ** 2
 
-    nodes, weights = [], []
-    # fast_lanczos draws its start vector from the global generator: fork it, so a probe never moves
-    # the training RNG, and seed it, so the same probe gives the same density.
-    with torch.random.fork_rng(devices=[]):
-        for r in range(repeats):
-            torch.manual_seed(seed * 1000 + r)
-            evals, evecs = fast_lanczos(op, steps)
-            nodes.append(evals.double().cpu().numpy())
-            weights.append((evecs[0, :].double() ** 2).cpu().numpy())
-    return np.stack(nodes), np.stack(weights)
+
+def slq(op: Operator, steps: int = 30, repeats: int = 1, *, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Stochastic Lanczos quadrature nodes and weights, each (repeats, steps): one Lanczos run per repeat
+    from a Rademacher start vector drawn from a generator seeded by ``seed`` (so the probe never touches
+    the training RNG and the same probe gives the same density). Runs that stop early are padded with
+    zero-weight nodes."""
+    n = op.shape[0]
+    gen = torch.Generator().manual_seed(seed)
+    nodes, weights = np.zeros((repeats, steps)), np.zeros((repeats, steps))
+    for r in range(repeats):
+        theta, tau = lanczos(op, steps, _rademacher(n, 1, gen, op)[:, 0])
+        nodes[r, : len(theta)], weights[r, : len(theta)] = theta, tau
+        nodes[r, len(theta):] = theta[-1]
+    return nodes, weights
 
 
 def slq_density(nodes: np.ndarray, weights: np.ndarray, num_points: int = 256, *,
-                boundaries: tuple[float, float] | None = None, kappa: float = 3.0,
+                boundaries: tuple[float, float] | None = None, width: float = 0.01,
                 margin: float = 0.05) -> tuple[np.ndarray, np.ndarray]:
-    """Gaussian-smoothed density p(λ) on a grid, averaged over the SLQ runs (curvlinops'
-    ``lanczos_approximate_spectrum_from_iter``; bump width set by the number of Lanczos steps and
-    ``kappa``, Papyan 2020 sec. D.2). ``boundaries`` default to the extreme nodes."""
-    _require_curvlinops()
-    from curvlinops.papyan2020traces.spectrum import lanczos_approximate_spectrum_from_iter
-
+    """Density p(λ) on a grid: each node a Gaussian of standard deviation ``width`` × (range), weighted
+    by its quadrature weight, averaged over runs (Ghorbani et al. 2019 eq. 9, who use σ² = 1e-5 on a
+    spectrum scaled to [−1, 1]; we widen it to a percent of the range so that 30 nodes on a 256-point
+    grid give a smooth curve). The grid spans ``boundaries`` (default: the extreme nodes) widened by
+    ``margin`` of the range on each side; ∫p dλ = 1 up to the mass outside the grid."""
     lo, hi = boundaries if boundaries is not None else (float(nodes.min()), float(nodes.max()))
     if hi - lo <= 1e-12 * max(1.0, abs(hi)):
         lo, hi = lo - 0.5, hi + 0.5
-    dens, grid = None, None
-    for nd, w in zip(nodes, weights):
-        evecs0 = torch.as_tensor(np.sqrt(w), dtype=torch.float64)
-        # from_iter reads only evecs[0, :]: pass the first row, not the whole eigenvector matrix.
-        it = (torch.as_tensor(nd, dtype=torch.float64), evecs0.reshape(1, -1))
-        g, d = lanczos_approximate_spectrum_from_iter(it, (lo, hi), num_points, kappa, margin)
-        dens = d if dens is None else dens + d
-        grid = g
-    return grid.numpy(), (dens / len(nodes)).numpy()
+    span = hi - lo
+    grid = np.linspace(lo - margin * span, hi + margin * span, num_points)
+    sigma = width * span
+    z = (grid[:, None] - nodes.reshape(-1)[None, :]) / sigma
+    p = (np.exp(-0.5 * z**2) * weights.reshape(-1)[None, :]).sum(1) / (sigma * np.sqrt(2 * np.pi))
+    return grid, p / len(nodes)
 
 
 def _eig_block(op: Operator, prefix: str, k: int, tol: float, seed: int, out: dict[str, Any]) -> np.ndarray:
@@ -179,7 +192,7 @@ def measure(model: torch.nn.Module, batch: Batch, *, optimizer: torch.optim.Opti
             raise ConfigError(f"trace_matvecs/3 and slq_steps must be below the parameter count {n}",
                               field="trace_matvecs")
         H = HessianOperator(obj)
-        out["loss"] = float(H.loss)
+        out["loss"] = float(H.loss.detach())
         out["grad_norm"] = float(H.gradient.norm())
         vals = _eig_block(H, "", top_k, tol, seed, out)
         out["lambda_max"] = float(vals[0])
@@ -245,8 +258,6 @@ def make_curvature(top_k: int = 3, trace_matvecs: int = 30, density: bool = True
     for checks). Cost per probe ≈ (eigsh's ~3k–10k + ``trace_matvecs`` + ``slq_steps`` × ``slq_repeats``)
     HVPs, each ~1.5–2.5 gradients (bench/bench_hvp.py); the count is logged as ``curvature/hvps``."""
     _check_options(top_k, trace_matvecs, slq_steps, slq_repeats, density_points, tol)
-    if density:
-        _require_curvlinops()
 
     def probe(ctx: ProbeContext) -> dict:
         return measure(
@@ -278,7 +289,7 @@ def add_probe_command(sub: Any) -> None:
     p.add_argument("--top-k", type=int, default=3, help="how many top eigenvalues (default 3)")
     p.add_argument("--batch-size", type=int, default=None, help="probe batch size (default: the run's micro-batch)")
     p.add_argument("--trace-matvecs", type=int, default=30, help="Hutch++ products, a multiple of 3 (default 30)")
-    p.add_argument("--density", action="store_true", help="also the SLQ spectral density (needs curvlinops)")
+    p.add_argument("--density", action="store_true", help="also the SLQ spectral density")
     p.add_argument("--ggn", action="store_true", help="also the Gauss-Newton matrix's top-k and trace")
     p.add_argument("--tol", type=float, default=1e-4, help="Lanczos relative tolerance (default 1e-4)")
     p.add_argument("--seed", type=int, default=0)
@@ -292,11 +303,6 @@ def _cmd_probe_curvature(args: argparse.Namespace) -> int:
         raise ConfigError(f"expected a positive integer, got {args.top_k}", field="--top-k")
     if args.trace_matvecs < 6 or args.trace_matvecs % 3:
         raise ConfigError(f"expected a multiple of 3 of at least 6, got {args.trace_matvecs}", field="--trace-matvecs")
-    if args.density:
-        try:
-            _require_curvlinops()
-        except ConfigError:
-            raise ConfigError(EXTRA_HINT.replace("set density = false", "drop --density"), field="--density") from None
     run = load_run(args.run_dir, args.step)
     ctx = run.context(args.batch_size)
     with torch.random.fork_rng(devices=[]):
