@@ -18,11 +18,27 @@ def _experiment_path(name: str) -> Path:
     return Path(__file__).parent / "experiments" / name
 
 
+def builtin_experiments() -> list[str]:
+    return sorted(p.stem for p in _experiment_path("").glob("*.toml"))
+
+
+def resolve_experiment(arg: str) -> Path:
+    """A path to a TOML file, or the name of a built-in experiment (``sgd_vs_adamw``, ...)."""
+    p = Path(arg)
+    if p.exists() or p.suffix == ".toml" or os.sep in arg:
+        return p
+    builtin = _experiment_path(f"{arg}.toml")
+    if builtin.is_file():
+        return builtin
+    raise C.ConfigError(f"no such file, and not a built-in experiment ({', '.join(builtin_experiments())})",
+                        file=arg)
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     from .store import Store
     from .sweep import load_experiment
 
-    exp = load_experiment(args.experiment)
+    exp = load_experiment(resolve_experiment(args.experiment))
     store = Store(args.store)
     return _run_and_summarize(exp, store, args.workers, quiet=args.quiet)
 
@@ -134,7 +150,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True)
 
     r = sub.add_parser("run", help="train every run of an experiment file (skips finished, resumes unfinished)")
-    r.add_argument("experiment", help="experiment TOML file")
+    r.add_argument("experiment", help="experiment TOML file, or a built-in one by name: "
+                   + ", ".join(builtin_experiments()))
     r.add_argument("--store", required=True, help="store directory (created if missing)")
     r.add_argument("--workers", type=int, default=None, help="parallel runs (default: one per core)")
     r.add_argument("--quiet", action="store_true", help="no progress line")

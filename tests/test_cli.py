@@ -124,3 +124,14 @@ def test_fit_chinchilla_from_store(tiny_toml, tmp_path, capsys):
                  "--count", "total", "--json"]) == 0
     out = json.loads(capsys.readouterr().out)
     assert out["n_points"] == 6 and out["source"]["n"] == "params_total"
+
+
+def test_builtin_experiments_run_by_name(capsys):
+    from scalescope.cli import builtin_experiments, resolve_experiment
+
+    assert {"demo", "sgd_vs_adamw", "critical_batch", "entropy_check"} <= set(builtin_experiments())
+    assert resolve_experiment("sgd_vs_adamw").name == "sgd_vs_adamw.toml"
+    assert resolve_experiment("sgd_vs_adamw").is_file()
+    assert main(["run", "no_such_experiment", "--store", "unused", "--quiet"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: no_such_experiment: ") and "sgd_vs_adamw" in err and "\n" not in err
