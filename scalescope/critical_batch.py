@@ -37,6 +37,7 @@ __all__ = [
     "TargetResult",
     "add_critical_batch_parser",
     "critical_batch_analysis",
+    "run_groups",
     "steps_to_loss",
 ]
 
@@ -146,7 +147,9 @@ def _curves(metrics: pd.DataFrame, metric: str) -> dict[str, tuple[np.ndarray, n
     return out
 
 
-def _groups(runs: pd.DataFrame, group_by: list[str] | None) -> list[tuple[dict[str, Any], pd.DataFrame]]:
+def run_groups(runs: pd.DataFrame, group_by: list[str] | None) -> list[tuple[dict[str, Any], pd.DataFrame]]:
+    """Split the runs into independent critical-batch analyses: by ``group_by``, or by every varying config
+    column outside :data:`WITHIN_GROUP` (e.g. model size). Returns (group values, runs) pairs."""
     if group_by is None:
         cfg_cols = [c for c in runs.columns if "." in c or c == "seed"]
         group_by = [c for c in cfg_cols if c not in WITHIN_GROUP
@@ -198,7 +201,7 @@ def critical_batch_analysis(
     noise = {name: _curves(metrics, f"noise_scale/{name}") for name in ("G2", "trace_sigma")}
     noise["nqm_B_crit"] = _curves(metrics, "covariance/nqm_B_crit")
     results = []
-    for group, gruns in _groups(runs, group_by):
+    for group, gruns in run_groups(runs, group_by):
         seq = gruns["model.seq_len"].dropna().unique() if "model.seq_len" in gruns else []
         seq_len = int(seq[0]) if len(seq) == 1 else None
         tres = []

@@ -274,13 +274,13 @@ def critical_batch(ctx: Context) -> list[tuple[str, CriticalBatchResult]]:
     those of :func:`scalescope.critical_batch.critical_batch_analysis` (e.g. one per model size)."""
 
     def make() -> list[tuple[str, CriticalBatchResult]]:
-        from ..critical_batch import _groups, critical_batch_analysis
+        from ..critical_batch import critical_batch_analysis, run_groups
 
         runs = ctx.runs
         if "train.batch_size" not in runs or _rows(ctx, "val_loss").empty:
             return []
         out = []
-        for group, gruns in _groups(runs, None):
+        for group, gruns in run_groups(runs, None):
             if gruns["train.batch_size"].nunique() < MIN_BATCH_SIZES:
                 continue
             targets = auto_targets(gruns, ctx.metrics)
