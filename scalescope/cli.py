@@ -82,6 +82,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
     print(f"Results are in {store.path}/. Look at them with:")
     print(f"  scalescope runs {store.path}")
     print(f"  scalescope export {store.path} --format csv")
+    print(f"  scalescope fit chinchilla --store {store.path}   # L(N, D) = E + A/N^alpha + B/D^beta")
+    print(f"  scalescope report {store.path} --out report.html      # one self-contained HTML page")
     print(f"  python -c \"import scalescope; t = scalescope.load('{store.path}'); print(t.runs); print(t.metrics)\"")
     return rc
 
