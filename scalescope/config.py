@@ -38,7 +38,7 @@ class ConfigError(ValueError):
 class DataConfig:
     """Where tokens come from. ``kind`` picks the source; the other fields apply to some kinds."""
 
-    kind: Literal["markov", "hmm", "text"] = "markov"
+    kind: Literal["markov", "hmm", "text", "repeated_spans", "markov_triggers"] = "markov"
     # The language itself (which random chain/HMM) is a function of this seed, not of the run seed.
     seed: int = 0
     # markov / hmm: number of token types.
@@ -59,11 +59,30 @@ class DataConfig:
     bpe_vocab_size: int = 1024
     # text: fraction of tokens (taken from the end of the corpus) held out for validation.
     val_fraction: float = 0.1
+    # repeated_spans (induction, Olsson et al. 2022): uniform random tokens whose last n tokens repeat an
+    # earlier span, n uniform in [span_min, span_max] (defaults: max(2, (seq_len + 1) // 4) and
+    # (seq_len + 1) // 2), at a random offset; see data/repeat.py.
+    span_min: int | None = None
+    span_max: int | None = None
+    # markov_triggers (induction, Bietti et al. 2023): a first-order markov chain (vocab_size, support,
+    # concentration) in which each of n_triggers trigger tokens is followed by a per-sequence target token;
+    # see data/triggers.py. Resolved to 1 when omitted.
+    n_triggers: int | None = None
+    # repeated_spans / markov_triggers: the sequence length the task is laid out for; resolved to model.seq_len.
+    seq_len: int | None = None
+
+
+# Fields added after run ids were first published: left out of the hash while they hold their default, so
+# every run id computed before they existed stays the same (tests/test_tasks_repeat.py checks old ids).
+HASH_OMIT_IF_DEFAULT: dict[str, dict[str, Any]] = {
+    "data": {"span_min": None, "span_max": None, "n_triggers": None, "seq_len": None},
+    "model": {"positions": "learned"},
+}
 
 
 @dataclass
 class ModelConfig:
-    """A decoder-only transformer: pre-LayerNorm, learned positions, GELU MLP."""
+    """A decoder-only transformer: pre-LayerNorm, learned (or rotary) positions, GELU MLP."""
 
     n_layer: int = 2
     d_model: int = 64
@@ -79,6 +98,10 @@ class ModelConfig:
     attention: Literal["sdpa", "math"] = "sdpa"
     init_std: float = 0.02
     bias: bool = True
+    # "learned": absolute position embeddings (GPT-2); "rope": rotary embeddings on queries and keys (Su et al.
+    # 2021), no position parameters. Rotary positions make relative (e.g. previous-token) attention easy to
+    # learn: induction heads form several times sooner (scalescope/experiments/induction.toml).
+    positions: Literal["learned", "rope"] = "learned"
 
 
 @dataclass
@@ -261,7 +284,7 @@ def validate(cfg: RunConfig, file: str | None = None) -> RunConfig:
         raise ConfigError(f"expected a number in (0, 1), got {d.val_fraction}", file=file, field="data.val_fraction")
     if d.kind == "text" and not d.path:
         raise ConfigError("a text source needs a path to a file or directory", file=file, field="data.path")
-    if d.kind in ("markov", "hmm") and d.support is not None and d.support > d.vocab_size:
+    if d.kind in ("markov", "hmm", "markov_triggers") and d.support is not None and d.support > d.vocab_size:
         raise ConfigError(
             f"support ({d.support}) cannot exceed vocab_size ({d.vocab_size})", file=file, field="data.support"
         )
@@ -270,6 +293,41 @@ def validate(cfg: RunConfig, file: str | None = None) -> RunConfig:
             f"vocab_size**order = {d.vocab_size**d.order} states is too many (at most 4,000,000)",
             file=file, field="data.order",
         )
+    # Task sources (induction): their layout depends on the context length, which they take from the model.
+    own_fields = {"repeated_spans": ("span_min", "span_max"), "markov_triggers": ("n_triggers",)}
+    for kind, names in [*own_fields.items(), (d.kind, ())]:
+        for p in names if kind != d.kind else ():
+            if getattr(d, p) is not None:
+                raise ConfigError(f"only applies to kind = {kind!r}, not {d.kind!r}", file=file, field=f"data.{p}")
+    if d.kind in own_fields:
+        if d.seq_len is not None and d.seq_len != m.seq_len:
+            raise ConfigError(
+                f"must equal model.seq_len ({m.seq_len}) or be omitted, got {d.seq_len}",
+                file=file, field="data.seq_len",
+            )
+        d.seq_len = m.seq_len
+        if d.vocab_size < 2:
+            raise ConfigError(f"expected an integer >= 2, got {d.vocab_size}", file=file, field="data.vocab_size")
+    elif d.seq_len is not None:
+        raise ConfigError(
+            f"only applies to kinds 'repeated_spans' and 'markov_triggers', not {d.kind!r}", file=file,
+            field="data.seq_len",
+        )
+    if d.kind == "repeated_spans":
+        from .data.repeat import span_range
+
+        span_range(m.seq_len, d.span_min, d.span_max, file=file)
+    if d.kind == "markov_triggers":
+        if d.order != 1:
+            raise ConfigError(f"markov_triggers uses a first-order chain, got order {d.order}", file=file,
+                              field="data.order")
+        if d.n_triggers is None:
+            d.n_triggers = 1
+        if not 1 <= d.n_triggers < d.vocab_size:
+            raise ConfigError(
+                f"expected an integer in [1, vocab_size - 1 = {d.vocab_size - 1}], got {d.n_triggers}", file=file,
+                field="data.n_triggers",
+            )
     for name, opts in cfg.instruments.items():
         if not isinstance(opts, dict):
             raise ConfigError(f"expected a table of options, got {opts!r}", file=file, field=f"instruments.{name}")
@@ -293,6 +351,8 @@ def run_id(cfg: RunConfig) -> str:
     """
     d = to_dict(cfg)
     d["train"] = {k: v for k, v in d["train"].items() if k != "device"}
+    for section, defaults in HASH_OMIT_IF_DEFAULT.items():
+        d[section] = {k: v for k, v in d[section].items() if k not in defaults or v != defaults[k]}
     blob = json.dumps(d, sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(blob.encode()).hexdigest()[:12]
 

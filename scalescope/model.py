@@ -1,6 +1,7 @@
 """A decoder-only transformer small enough to read in one sitting (in the spirit of nanoGPT).
 
-Pre-LayerNorm blocks, learned positions, GELU MLP (or none: ``attn_only``), tied or untied embeddings.
+Pre-LayerNorm blocks, learned positions (or rotary ones: ``positions="rope"``), GELU MLP (or none:
+``attn_only``), tied or untied embeddings.
 Attention runs through ``scaled_dot_product_attention`` by default; ``attention="math"`` switches to
 the explicit softmax(QKᵀ/√d)V path, which supports double backward (Hessian-vector products) and can
 return the attention patterns to probes.
@@ -22,6 +23,24 @@ from torch import nn
 from .config import ModelConfig
 
 
+def rotary_tables(seq_len: int, head_dim: int, base: float = 10000.0) -> tuple[torch.Tensor, torch.Tensor]:
+    """cos and sin, each (seq_len, head_dim // 2), of the angles t·base^(−2i/head_dim) (Su et al. 2021, RoFormer)."""
+    inv = base ** (-torch.arange(0, head_dim - 1, 2, dtype=torch.float64) / head_dim)
+    ang = torch.arange(seq_len, dtype=torch.float64)[:, None] * inv[None, :]
+    return ang.cos().float(), ang.sin().float()
+
+
+def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Rotate feature pairs (x[i], x[i + hs/2]) of (..., T, hs) by their angle at position t (the GPT-NeoX
+    layout of RoFormer's rotation), so that a query at t and a key at s interact through t − s only. An
+    odd last feature (odd hs) is left as it is."""
+    T, half = x.shape[-2], cos.shape[-1]
+    c, s = cos[:T], sin[:T]
+    x1, x2 = x[..., :half], x[..., half : 2 * half]
+    rot = torch.cat([x1 * c - x2 * s, x1 * s + x2 * c], dim=-1)
+    return rot if 2 * half == x.shape[-1] else torch.cat([rot, x[..., 2 * half :]], dim=-1)
+
+
 class CausalSelfAttention(nn.Module):
     def __init__(self, cfg: ModelConfig):
         super().__init__()
@@ -32,6 +51,11 @@ class CausalSelfAttention(nn.Module):
         self.register_buffer(
             "causal", torch.ones(cfg.seq_len, cfg.seq_len, dtype=torch.bool).tril(), persistent=False
         )
+        self.rope = cfg.positions == "rope"
+        if self.rope:
+            cos, sin = rotary_tables(cfg.seq_len, cfg.d_model // cfg.n_head)
+            self.register_buffer("rope_cos", cos, persistent=False)
+            self.register_buffer("rope_sin", sin, persistent=False)
         # Probes set this to True to receive the (B, nh, T, T) patterns in ``last_pattern``.
         self.record_pattern = False
         self.last_pattern: torch.Tensor | None = None
@@ -43,6 +67,8 @@ class CausalSelfAttention(nn.Module):
         q = q.view(B, T, self.n_head, hs).transpose(1, 2)  # (B, nh, T, hs)
         k = k.view(B, T, self.n_head, hs).transpose(1, 2)
         v = v.view(B, T, self.n_head, hs).transpose(1, 2)
+        if self.rope:
+            q, k = apply_rotary(torch.stack([q, k]), self.rope_cos, self.rope_sin).unbind(0)  # one call for both
         if self.math or self.record_pattern:
             att = (q @ k.transpose(-2, -1)) * (1.0 / math.sqrt(hs))  # (B, nh, T, T)
             att = att.masked_fill(~self.causal[:T, :T], float("-inf")).softmax(dim=-1)
@@ -93,7 +119,7 @@ class GPT(nn.Module):
         super().__init__()
         self.cfg, self.vocab_size = cfg, vocab_size
         self.tok_emb = nn.Embedding(vocab_size, cfg.d_model)
-        self.pos_emb = nn.Embedding(cfg.seq_len, cfg.d_model)
+        self.pos_emb = nn.Embedding(cfg.seq_len, cfg.d_model) if cfg.positions == "learned" else None
         self.blocks = nn.ModuleList([Block(cfg) for _ in range(cfg.n_layer)])
         self.ln_f = nn.LayerNorm(cfg.d_model, bias=cfg.bias)
         self.head = nn.Linear(cfg.d_model, vocab_size, bias=False)
@@ -116,8 +142,9 @@ class GPT(nn.Module):
         T = idx.shape[1]
         if T > self.cfg.seq_len:
             raise ValueError(f"sequence length {T} exceeds model.seq_len {self.cfg.seq_len}")
-        pos = torch.arange(T, device=idx.device)
-        x = self.tok_emb(idx) + self.pos_emb(pos)  # (B, T, C)
+        x = self.tok_emb(idx)  # (B, T, C)
+        if self.pos_emb is not None:
+            x = x + self.pos_emb(torch.arange(T, device=idx.device))
         for block in self.blocks:
             x = block(x)
         return self.head(self.ln_f(x))
@@ -160,7 +187,8 @@ def param_counts(cfg: ModelConfig, vocab_size: int) -> ParamCounts:
     attn = d * 3 * d + b * 3 * d + d * d + b * d
     mlp = 0 if cfg.attn_only else (d * h + b * h + h * d + b * d + ln)
     nonemb = L * (ln + attn + mlp) + ln
-    emb = vocab_size * d + cfg.seq_len * d + (0 if cfg.tie_embeddings else vocab_size * d)
+    pos = cfg.seq_len * d if cfg.positions == "learned" else 0
+    emb = vocab_size * d + pos + (0 if cfg.tie_embeddings else vocab_size * d)
     return ParamCounts(total=nonemb + emb, embedding=emb, nonembedding=nonemb)
 
 

@@ -15,6 +15,8 @@ PROBE_MODULES = (
     "scalescope.instruments.noise_scale",
     "scalescope.instruments.curvature",
     "scalescope.instruments.covariance",
+    "scalescope.instruments.icl",
+    "scalescope.instruments.induction",
 )
 
 

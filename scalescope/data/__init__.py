@@ -13,10 +13,13 @@ from scalescope.config import ConfigError, DataConfig
 from scalescope.data.base import Batch, Source, Split, stream_rng
 from scalescope.data.hmm import HMMSource
 from scalescope.data.markov import MarkovSource
+from scalescope.data.repeat import RepeatedSpansSource
 from scalescope.data.text import TextSource
+from scalescope.data.triggers import MarkovTriggersSource
 
 __all__ = [
-    "Batch", "HMMSource", "MarkovSource", "Source", "Split", "TextSource", "build_source", "stream_rng",
+    "Batch", "HMMSource", "MarkovSource", "MarkovTriggersSource", "RepeatedSpansSource", "Source", "Split",
+    "TextSource", "build_source", "stream_rng",
 ]
 
 
@@ -33,6 +36,12 @@ def _markov(vocab_size: int, order: int, support: int | None, concentration: flo
 def _hmm(vocab_size: int, n_hidden: int, support: int | None, concentration: float,
          transition_concentration: float, seed: int) -> HMMSource:
     return HMMSource(vocab_size, n_hidden, support, concentration, transition_concentration, seed=seed)
+
+
+@lru_cache(maxsize=4)
+def _triggers(vocab_size: int, seq_len: int, n_triggers: int, support: int | None, concentration: float,
+              seed: int) -> MarkovTriggersSource:
+    return MarkovTriggersSource(vocab_size, seq_len, n_triggers, support, concentration, seed=seed)
 
 
 def build_source(data_cfg: DataConfig, seed: int) -> Source:
@@ -53,4 +62,15 @@ def build_source(data_cfg: DataConfig, seed: int) -> Source:
             raise ConfigError("a text source needs a path to a file or directory", field="data.path")
         return TextSource(d.path, d.tokenizer, d.bpe_vocab_size, d.val_fraction,
                           seed=d.seed, stream_seed=seed)
+    if d.kind == "repeated_spans":
+        if d.seq_len is None:
+            raise ConfigError("a repeated_spans source needs its seq_len (validate the config first)",
+                              field="data.seq_len")
+        return RepeatedSpansSource(d.vocab_size, d.seq_len, d.span_min, d.span_max, seed=d.seed, stream_seed=seed)
+    if d.kind == "markov_triggers":
+        if d.seq_len is None:
+            raise ConfigError("a markov_triggers source needs its seq_len (validate the config first)",
+                              field="data.seq_len")
+        lang = _triggers(d.vocab_size, d.seq_len, d.n_triggers or 1, d.support, float(d.concentration), d.seed)
+        return lang.with_stream_seed(seed)
     raise ConfigError(f"unknown data kind {d.kind!r}", field="data.kind")
