@@ -45,3 +45,16 @@ def tiny_toml(tmp_path):
 
 def cli_cmd(*args: str) -> list[str]:
     return [sys.executable, "-m", "scalescope", *args]
+
+
+def train_tiny(tiny_toml, tmp_path, extra: str, name: str):
+    """Train the one run of ``tiny_toml(extra)`` in its own store, in this process; its RunDir."""
+    from scalescope.store import Store
+    from scalescope.sweep import load_experiment
+    from scalescope.train import train
+
+    cfg = load_experiment(tiny_toml(extra, name=name)).runs[0]
+    store = Store(tmp_path / ("store-" + name)).ensure_writable()
+    rd = store.add(cfg)
+    assert train(cfg, rd.path, cache_dir=store.cache_dir, threads=1).status == "finished"
+    return rd

@@ -16,6 +16,8 @@ from scalescope.instruments import build
 from scalescope.instruments.covariance import covariance_factor, measure, normalized_commutator, sigma_eigenpairs
 from scalescope.instruments.hvp import HessianOperator, Objective
 
+from .conftest import train_tiny
+
 # --- ground truth: NumPy on dense matrices ----------------------------------------------------------
 
 
@@ -303,20 +305,10 @@ def _cov_spectrum(grads: np.ndarray) -> np.ndarray:
 # --- in a training run, and offline ----------------------------------------------------------------
 
 
-def _train(tiny_toml, tmp_path, extra: str, name: str):
-    from scalescope.store import Store
-    from scalescope.sweep import load_experiment
-    from scalescope.train import train
-
-    cfg = load_experiment(tiny_toml(extra, name=name)).runs[0]
-    store = Store(tmp_path / ("store-" + name)).ensure_writable()
-    rd = store.add(cfg)
-    assert train(cfg, rd.path, cache_dir=store.cache_dir, threads=1).status == "finished"
-    return rd
 
 
 def test_instrument_in_training_logs_metrics_and_changes_nothing(tiny_toml, tmp_path):
-    rd = _train(tiny_toml, tmp_path, "[instruments.covariance]\ntop_k = 3\n", "cov.toml")
+    rd = train_tiny(tiny_toml, tmp_path, "[instruments.covariance]\ntop_k = 3\n", "cov.toml")
     by: dict[str, dict[int, float]] = {}
     for r in rd.read_metrics():
         by.setdefault(r["metric"], {})[r["step"]] = r["value"]
@@ -335,7 +327,7 @@ def test_instrument_in_training_logs_metrics_and_changes_nothing(tiny_toml, tmp_
         assert spec.shape == (7,) and spec.sum() == pytest.approx(v["sigma_trace"], rel=1e-9)
         assert np.load(rd.artifact_path("covariance/hess_eigenvalues", s)).shape == (3,)
     # Training is untouched: the probe only reads the weights, under a forked RNG.
-    plain = _train(tiny_toml, tmp_path, "", "plain.toml")
+    plain = train_tiny(tiny_toml, tmp_path, "", "plain.toml")
     for metric in ("val_loss", "train_loss"):
         base = {r["step"]: r["value"] for r in plain.read_metrics() if r["metric"] == metric}
         assert base and base == by[metric], metric
@@ -344,7 +336,7 @@ def test_instrument_in_training_logs_metrics_and_changes_nothing(tiny_toml, tmp_
 def test_offline_probe_command(tiny_toml, tmp_path, capsys):
     from scalescope.cli import main
 
-    rd = _train(tiny_toml, tmp_path, "", "off.toml")
+    rd = train_tiny(tiny_toml, tmp_path, "", "off.toml")
     assert main(["probe", "covariance", str(rd.path), "--json", "--top-k", "3"]) == 0
     out = json.loads(capsys.readouterr().out)
     assert out["step"] == 30 and out["batch_size"] == 8

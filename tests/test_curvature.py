@@ -25,6 +25,8 @@ from scalescope.instruments.hvp import (
 )
 from scalescope.model import GPT
 
+from .conftest import train_tiny
+
 
 class Dense(Operator):
     def __init__(self, A: torch.Tensor):
@@ -204,22 +206,12 @@ def test_bad_options_are_config_errors(tiny):
         build({"curvature": {"top_k": 0}})
 
 
-def _train(tiny_toml, tmp_path, extra: str, name: str):
-    from scalescope.store import Store
-    from scalescope.sweep import load_experiment
-    from scalescope.train import train
-
-    cfg = load_experiment(tiny_toml(extra, name=name)).runs[0]
-    store = Store(tmp_path / ("store-" + name)).ensure_writable()
-    rd = store.add(cfg)
-    assert train(cfg, rd.path, cache_dir=store.cache_dir, threads=1).status == "finished"
-    return rd
 
 
 def test_instrument_in_training_and_offline(tiny_toml, tmp_path, capsys):
     from scalescope.cli import main
 
-    rd = _train(tiny_toml, tmp_path, """
+    rd = train_tiny(tiny_toml, tmp_path, """
     [instruments.curvature]
     every = 2
     top_k = 2
@@ -239,7 +231,7 @@ def test_instrument_in_training_and_offline(tiny_toml, tmp_path, capsys):
     dens = sorted((rd.path / "artifacts").glob("curvature*density*/*.npy"))
     assert dens and np.load(dens[-1]).shape == (2, 32)
     # Training is untouched: the probe uses the probe stream and a forked RNG.
-    plain = _train(tiny_toml, tmp_path, "", "plain.toml")
+    plain = train_tiny(tiny_toml, tmp_path, "", "plain.toml")
     assert [r["value"] for r in plain.read_metrics() if r["metric"] == "val_loss"] == [by["val_loss"][s] for s in evals]
 
     assert main(["probe", "curvature", str(rd.path), "--json", "--top-k", "3", "--density"]) == 0

@@ -24,6 +24,8 @@ from scalescope.instruments.noise_scale import (
     two_batch_estimates,
 )
 
+from .conftest import train_tiny
+
 # A least-squares problem: x ~ N(0, diag(s)), y = wᵀx + ε, evaluated at θ = w + δ (B_simple ≈ 8.6).
 D = 8
 S_DIAG = np.linspace(0.5, 2.0, D)
@@ -239,20 +241,10 @@ def test_bad_options_are_config_errors():
 # --- in a training run, and offline -----------------------------------------------------------------
 
 
-def _train(tiny_toml, tmp_path, extra: str, name: str):
-    from scalescope.store import Store
-    from scalescope.sweep import load_experiment
-    from scalescope.train import train
-
-    cfg = load_experiment(tiny_toml(extra, name=name)).runs[0]
-    store = Store(tmp_path / ("store-" + name)).ensure_writable()
-    rd = store.add(cfg)
-    assert train(cfg, rd.path, cache_dir=store.cache_dir, threads=1).status == "finished"
-    return rd
 
 
 def test_instrument_in_training_logs_raw_statistics_and_changes_nothing(tiny_toml, tmp_path):
-    rd = _train(tiny_toml, tmp_path, """
+    rd = train_tiny(tiny_toml, tmp_path, """
     [instruments.noise_scale]
     n_micro = 4
     hessian_every = 3
@@ -275,7 +267,7 @@ def test_instrument_in_training_logs_raw_statistics_and_changes_nothing(tiny_tom
     trs = [by["noise_scale/trace_sigma"][s] for s in evals]
     np.testing.assert_allclose(ema_ratio(g2s, trs, 0.8), [by["noise_scale/B_simple"][s] or np.nan for s in evals])
     # Training is untouched (the probe uses the probe stream, autograd.grad, and a forked RNG).
-    plain = _train(tiny_toml, tmp_path, "", "plain.toml")
+    plain = train_tiny(tiny_toml, tmp_path, "", "plain.toml")
     assert [r["value"] for r in plain.read_metrics() if r["metric"] == "val_loss"] == \
         [by["val_loss"][s] for s in evals]
 
@@ -283,7 +275,7 @@ def test_instrument_in_training_logs_raw_statistics_and_changes_nothing(tiny_tom
 def test_offline_probe_command(tiny_toml, tmp_path, capsys):
     from scalescope.cli import main
 
-    rd = _train(tiny_toml, tmp_path, "", "off.toml")
+    rd = train_tiny(tiny_toml, tmp_path, "", "off.toml")
     assert main(["probe", "noise-scale", str(rd.path), "--json", "--n-micro", "4"]) == 0
     out = json.loads(capsys.readouterr().out)
     assert {"B_simple", "B_noise", "G2", "trace_sigma", "step"} <= set(out)

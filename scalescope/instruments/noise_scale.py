@@ -37,11 +37,10 @@ and never written to ``.grad``. Standard errors are jackknife (leave one micro-b
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import math
 import sys
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -51,6 +50,7 @@ import torch
 from ..config import ConfigError
 from ..data.base import Batch
 from . import ProbeContext, register
+from .hvp import math_attention
 
 __all__ = [
     "NoiseScaleEMA",
@@ -179,27 +179,10 @@ def _split(batch: Batch, n: int) -> list[Batch]:
             for s in sl]
 
 
-@contextlib.contextmanager
-def _math_attention(model: torch.nn.Module) -> Iterator[None]:
-    """Switch every attention module with a ``math`` flag to the explicit softmax path for the duration:
-    fused SDPA kernels do not support double backward, the math path does (same function, same weights)."""
-    from ..model import CausalSelfAttention
-
-    mods = [m for m in model.modules() if isinstance(m, CausalSelfAttention)]
-    old = [m.math for m in mods]
-    for m in mods:
-        m.math = True
-    try:
-        yield
-    finally:
-        for m, o in zip(mods, old):
-            m.math = o
-
-
 def _hvps(model: torch.nn.Module, params: list[torch.nn.Parameter], batch: Batch, V: torch.Tensor) -> torch.Tensor:
     """Rows of H·Vᵀ (H: the Hessian of the loss on ``batch``) by double backward: the gradient graph is
     built once and each product is one backward pass through it."""
-    with _math_attention(model):
+    with math_attention(model):
         grads = torch.autograd.grad(_loss(model, batch), params, create_graph=True)
         out = torch.empty_like(V)
         for i in range(V.shape[0]):
