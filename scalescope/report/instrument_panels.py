@@ -315,32 +315,13 @@ def critical_batch_panel(ctx: Context) -> str | None:
             hi = np.nan_to_num(np.array([t.B_crit_ci[1] for t in pts]), nan=b)
             err = np.vstack([np.clip(b - lo, 0, None), np.clip(hi - b, 0, None)])
             ax.errorbar(L, b, yerr=err, color=color, fmt="o", ms=6, capsize=3, lw=1.2, label=f"B_crit ({name})")
-        bs = [t for t in res.targets if math.isfinite(t.B_simple) and t.B_simple > 0]
-        if bs:
-            ax.scatter(
-                [t.target for t in bs],
-                [t.B_simple for t in bs],
-                marker="D",
-                s=36,
-                facecolor="none",
-                edgecolor=color,
-                lw=1.3,
-                label=f"B_simple at the same loss ({name})",
-                zorder=3,
-            )
-        nqm = [t for t in res.targets if math.isfinite(t.B_crit_nqm) and t.B_crit_nqm > 0]
-        if nqm:
-            ax.scatter(
-                [t.target for t in nqm],
-                [t.B_crit_nqm for t in nqm],
-                marker="^",
-                s=40,
-                facecolor="none",
-                edgecolor=color,
-                lw=1.3,
-                label=f"noisy quadratic model's B_crit ({name})",
-                zorder=3,
-            )
+        # Beside B_crit: the noise scale measured at the same loss, and the noisy quadratic model's prediction.
+        for attr, marker, size, label in (("B_simple", "D", 36, "B_simple at the same loss"),
+                                          ("B_crit_nqm", "^", 40, "noisy quadratic model's B_crit")):
+            ok = [t for t in res.targets if math.isfinite(getattr(t, attr)) and getattr(t, attr) > 0]
+            if ok:
+                ax.scatter([t.target for t in ok], [getattr(t, attr) for t in ok], marker=marker, s=size,
+                           facecolor="none", edgecolor=color, lw=1.3, label=f"{label} ({name})", zorder=3)
         if res.law:
             Ls = np.array([t.target for t in res.targets])
             grid = np.geomspace(Ls.min() / 1.02, Ls.max() * 1.02, 50)
