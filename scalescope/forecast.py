@@ -15,6 +15,10 @@ A forecast is never rewritten except to add its score: the id is a hash of what 
 prediction (law, options, target, fitted-on runs, version), so recording the same forecast twice is a
 no-op. A target that already has runs at recording time is allowed, but those runs are left out of the
 fit and the record says ``"target_existed": true``.
+
+Records of kind ``"emergence_crossing"`` (written by
+:func:`scalescope.emergence.transitions.record_crossing_forecast`) predict the *scale* at which a metric
+crosses a threshold; ``--score`` scores them once runs larger than those fitted on exist.
 """
 
 from __future__ import annotations
@@ -280,9 +284,15 @@ def score_store(store: str | Path) -> list[dict[str, Any]]:
     recs = load_forecasts(store)
     if not recs:
         return []
-    points = {c: final_points(load(store).runs, c) for c in ("nonembedding", "total")}
+    runs = load(store).runs
+    points = {c: final_points(runs, c) for c in ("nonembedding", "total")}
     for rec in recs:
-        new = score_record(rec, points[rec.get("count", "nonembedding")])
+        if rec.get("kind") == "emergence_crossing":  # the scale at which a metric crosses a threshold
+            from .emergence.transitions import score_crossing_runs
+
+            new = score_crossing_runs(rec, runs)
+        else:
+            new = score_record(rec, points[rec.get("count", "nonembedding")])
         old = rec.get("score")
         if new is None or (old and {k: v for k, v in old.items() if k != "scored_at"} == new):
             continue

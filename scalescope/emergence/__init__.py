@@ -10,6 +10,12 @@ can be compared:
 * :func:`threshold_step`: the first step at which a metric crosses a fixed level (e.g. a prefix-matching
   score of 0.4), interpolated the same way;
 * :func:`phase_change`: both, for the induction score and the ICL score of one stored run.
+
+Across scale (N, D, C) or steps, :mod:`scalescope.emergence.transitions` asks whether a change is abrupt
+(:func:`detect_transition`: a sigmoid in log x, :class:`SigmoidLaw`, against a smooth power law on
+held-out points), whether a jump is real or a metric artifact (:func:`metric_robustness`, Schaeffer et
+al. 2023), and forecasts the scale at which a metric crosses a threshold (:func:`forecast_crossing`,
+recorded in the forecast ledger by :func:`record_crossing_forecast`).
 """
 
 from __future__ import annotations
@@ -21,7 +27,34 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["phase_change", "threshold_step", "transition_step"]
+from .transitions import (
+    CrossingForecast,
+    Robustness,
+    SigmoidLaw,
+    Transition,
+    detect_transition,
+    exact_match_link,
+    forecast_crossing,
+    metric_robustness,
+    record_crossing_forecast,
+    score_crossing,
+)
+
+__all__ = [
+    "CrossingForecast",
+    "Robustness",
+    "SigmoidLaw",
+    "Transition",
+    "detect_transition",
+    "exact_match_link",
+    "forecast_crossing",
+    "metric_robustness",
+    "phase_change",
+    "record_crossing_forecast",
+    "score_crossing",
+    "threshold_step",
+    "transition_step",
+]
 
 
 def _crossing(steps: np.ndarray, values: np.ndarray, level: float, rising: bool) -> float | None:
