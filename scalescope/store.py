@@ -104,6 +104,19 @@ def _read_metrics(con, files: list[str]) -> pd.DataFrame:
     return con.execute(q, [files]).df()
 
 
+def _with_defaults(cfg: dict[str, Any]) -> dict[str, Any]:
+    """The stored config with every field it lacks set to today's default. A run written before a config
+    field existed then gets the same column values as a new run that leaves the field at its default, so
+    adding a field never splits a store into groups (critical batch, report legends) by old and new runs."""
+    out = dict(cfg)
+    for key, default in C.to_dict(C.RunConfig()).items():
+        if isinstance(default, dict) and isinstance(out.get(key), dict) and key != "instruments":
+            out[key] = {**default, **out[key]}
+        else:
+            out.setdefault(key, default)
+    return out
+
+
 def load(store: str | Path) -> Tables:
     """Read every run of ``store`` into a runs table and a long metrics table (see module doc)."""
     import duckdb
@@ -152,7 +165,7 @@ def load(store: str | Path) -> Tables:
             "entropy_rate": meta.get("entropy_rate"),
             "error": status.get("error") or status.get("reason"),
             "config": cfg,
-            **_flatten(cfg),
+            **_flatten(_with_defaults(cfg)),
         }
         rows.append(row)
     runs = pd.DataFrame(rows)
