@@ -38,7 +38,7 @@ class ConfigError(ValueError):
 class DataConfig:
     """Where tokens come from. ``kind`` picks the source; the other fields apply to some kinds."""
 
-    kind: Literal["markov", "hmm", "text", "repeated_spans", "markov_triggers"] = "markov"
+    kind: Literal["markov", "hmm", "text", "repeated_spans", "markov_triggers", "linear_regression"] = "markov"
     # The language itself (which random chain/HMM) is a function of this seed, not of the run seed.
     seed: int = 0
     # markov / hmm: number of token types.
@@ -68,15 +68,26 @@ class DataConfig:
     # concentration) in which each of n_triggers trigger tokens is followed by a per-sequence target token;
     # see data/triggers.py. Resolved to 1 when omitted.
     n_triggers: int | None = None
-    # repeated_spans / markov_triggers: the sequence length the task is laid out for; resolved to model.seq_len.
+    # repeated_spans / markov_triggers / linear_regression: the sequence length the task is laid out for;
+    # resolved to model.seq_len.
     seq_len: int | None = None
+    # linear_regression (in-context regression, Garg et al. 2022): x, w ~ N(0, I_dim), y = w·x + noise_std·ε,
+    # ceil(seq_len / 2) (x, y) pairs per sequence; w fresh per sequence, or uniform over a fixed pool of
+    # task_pool tasks (Raventós et al. 2023). dim resolves to 5 when omitted; see data/regression.py.
+    dim: int | None = None
+    noise_std: float = 0.0
+    task_pool: int | None = None
+    # linear_regression: train steps of a curriculum over the dimension and the number of points counted
+    # (Garg et al. 2022); None: none. See data/regression.py.
+    curriculum_steps: int | None = None
 
 
 # Fields added after run ids were first published: left out of the hash while they hold their default, so
 # every run id computed before they existed stays the same (tests/test_tasks_repeat.py checks old ids).
 HASH_OMIT_IF_DEFAULT: dict[str, dict[str, Any]] = {
-    "data": {"span_min": None, "span_max": None, "n_triggers": None, "seq_len": None},
-    "model": {"positions": "learned"},
+    "data": {"span_min": None, "span_max": None, "n_triggers": None, "seq_len": None, "dim": None,
+             "noise_std": 0.0, "task_pool": None, "curriculum_steps": None},
+    "model": {"positions": "learned", "input_dim": None},
 }
 
 
@@ -102,6 +113,11 @@ class ModelConfig:
     # 2021), no position parameters. Rotary positions make relative (e.g. previous-token) attention easy to
     # learn: induction heads form several times sooner (scalescope/experiments/induction.toml).
     positions: Literal["learned", "rope"] = "learned"
+    # Float-input mode (task sources with vector tokens, e.g. linear_regression): tokens are vectors of
+    # this width read in by a linear map instead of the token embedding; the read-out then has the
+    # source's vocab_size outputs (1: a scalar), the loss is squared error and embeddings are never tied.
+    # Resolved from the data source; None: token ids.
+    input_dim: int | None = None
 
 
 @dataclass
@@ -294,7 +310,8 @@ def validate(cfg: RunConfig, file: str | None = None) -> RunConfig:
             file=file, field="data.order",
         )
     # Task sources (induction): their layout depends on the context length, which they take from the model.
-    own_fields = {"repeated_spans": ("span_min", "span_max"), "markov_triggers": ("n_triggers",)}
+    own_fields = {"repeated_spans": ("span_min", "span_max"), "markov_triggers": ("n_triggers",),
+                  "linear_regression": ("dim", "task_pool", "curriculum_steps")}
     for kind, names in [*own_fields.items(), (d.kind, ())]:
         for p in names if kind != d.kind else ():
             if getattr(d, p) is not None:
@@ -310,7 +327,7 @@ def validate(cfg: RunConfig, file: str | None = None) -> RunConfig:
             raise ConfigError(f"expected an integer >= 2, got {d.vocab_size}", file=file, field="data.vocab_size")
     elif d.seq_len is not None:
         raise ConfigError(
-            f"only applies to kinds 'repeated_spans' and 'markov_triggers', not {d.kind!r}", file=file,
+            f"only applies to kinds {', '.join(map(repr, own_fields))}, not {d.kind!r}", file=file,
             field="data.seq_len",
         )
     if d.kind == "repeated_spans":
@@ -328,10 +345,39 @@ def validate(cfg: RunConfig, file: str | None = None) -> RunConfig:
                 f"expected an integer in [1, vocab_size - 1 = {d.vocab_size - 1}], got {d.n_triggers}", file=file,
                 field="data.n_triggers",
             )
+    _validate_regression(cfg, file)
     for name, opts in cfg.instruments.items():
         if not isinstance(opts, dict):
             raise ConfigError(f"expected a table of options, got {opts!r}", file=file, field=f"instruments.{name}")
     return cfg
+
+
+def _validate_regression(cfg: RunConfig, file: str | None) -> None:
+    """linear_regression's own fields, and the model's float-input width that follows from them."""
+    m, d = cfg.model, cfg.data
+    if d.kind != "linear_regression":
+        if d.noise_std != 0.0:
+            raise ConfigError(f"only applies to kind = 'linear_regression', not {d.kind!r}", file=file,
+                              field="data.noise_std")
+        if m.input_dim is not None:
+            raise ConfigError(f"float inputs need a vector-token source (linear_regression), not {d.kind!r}",
+                              file=file, field="model.input_dim")
+        return
+    if d.dim is None:
+        d.dim = 5
+    if d.dim < 1:
+        raise ConfigError(f"expected a positive integer, got {d.dim}", file=file, field="data.dim")
+    if d.task_pool is not None and d.task_pool < 1:
+        raise ConfigError(f"expected a positive integer, got {d.task_pool}", file=file, field="data.task_pool")
+    if d.curriculum_steps is not None and d.curriculum_steps < 1:
+        raise ConfigError(f"expected a positive integer, got {d.curriculum_steps}", file=file,
+                          field="data.curriculum_steps")
+    if d.noise_std < 0:
+        raise ConfigError(f"expected a number >= 0, got {d.noise_std}", file=file, field="data.noise_std")
+    if m.input_dim is not None and m.input_dim != d.dim + 1:
+        raise ConfigError(f"must equal data.dim + 1 ({d.dim + 1}) or be omitted, got {m.input_dim}", file=file,
+                          field="model.input_dim")
+    m.input_dim = d.dim + 1
 
 
 def from_dict(raw: dict[str, Any], file: str | None = None) -> RunConfig:

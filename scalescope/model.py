@@ -6,6 +6,12 @@ Attention runs through ``scaled_dot_product_attention`` by default; ``attention=
 the explicit softmax(QKᵀ/√d)V path, which supports double backward (Hessian-vector products) and can
 return the attention patterns to probes.
 
+Float-input mode (``input_dim`` set, for vector-token tasks such as in-context regression): a linear
+read-in of width ``input_dim`` replaces the token embedding, the read-out has ``vocab_size`` outputs (1: a
+scalar), embeddings are never tied, and :meth:`GPT.loss` is the squared error. The read-in and read-out
+count as embedding parameters; FLOPs per token are the same formula, a "token" being one sequence position
+(an x or a y of the regression layout).
+
 Parameter counts follow Kaplan et al. 2020: N (``params_nonembedding``) excludes the token embedding,
 the position embedding and an untied unembedding; it is the N of the scaling laws and of the FLOP
 formula below.
@@ -118,12 +124,15 @@ class GPT(nn.Module):
     def __init__(self, cfg: ModelConfig, vocab_size: int):
         super().__init__()
         self.cfg, self.vocab_size = cfg, vocab_size
-        self.tok_emb = nn.Embedding(vocab_size, cfg.d_model)
+        self.float_inputs = cfg.input_dim is not None
+        # (B, T) ids -> (B, T, C) by lookup, or (B, T, input_dim) vectors -> (B, T, C) by a linear map.
+        self.tok_emb = (nn.Linear(cfg.input_dim, cfg.d_model, bias=cfg.bias) if self.float_inputs
+                        else nn.Embedding(vocab_size, cfg.d_model))
         self.pos_emb = nn.Embedding(cfg.seq_len, cfg.d_model) if cfg.positions == "learned" else None
         self.blocks = nn.ModuleList([Block(cfg) for _ in range(cfg.n_layer)])
         self.ln_f = nn.LayerNorm(cfg.d_model, bias=cfg.bias)
         self.head = nn.Linear(cfg.d_model, vocab_size, bias=False)
-        if cfg.tie_embeddings:
+        if cfg.tie_embeddings and not self.float_inputs:
             self.head.weight = self.tok_emb.weight
         self.apply(self._init)
         # GPT-2's scaled init of the residual projections: std / sqrt(2 * n_layer).
@@ -138,7 +147,7 @@ class GPT(nn.Module):
                 nn.init.zeros_(module.bias)
 
     def forward(self, idx: torch.Tensor) -> torch.Tensor:
-        """Token ids (B, T) -> logits (B, T, vocab)."""
+        """Token ids (B, T) -> logits (B, T, vocab); float mode: vectors (B, T, input_dim) -> (B, T, vocab)."""
         T = idx.shape[1]
         if T > self.cfg.seq_len:
             raise ValueError(f"sequence length {T} exceeds model.seq_len {self.cfg.seq_len}")
@@ -150,8 +159,17 @@ class GPT(nn.Module):
         return self.head(self.ln_f(x))
 
     def loss(self, idx: torch.Tensor, targets: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
-        """Mean next-token cross-entropy in nats over the (masked) positions."""
+        """Mean next-token cross-entropy in nats over the (masked) positions; with float targets (float-input
+        mode) the mean squared error, summed over the read-out's outputs."""
         logits = self(idx)
+        if targets.is_floating_point():
+            pred = logits.squeeze(-1) if logits.size(-1) == 1 else logits
+            per = (pred - targets) ** 2
+            per = per if per.dim() == 2 else per.sum(-1)  # (B, T)
+            if mask is None:
+                return per.mean()
+            m = mask.to(per.dtype)
+            return (per * m).sum() / m.sum().clamp_min(1)
         if mask is None:
             return F.cross_entropy(logits.view(-1, logits.size(-1)), targets.reshape(-1))
         per = F.cross_entropy(logits.view(-1, logits.size(-1)), targets.reshape(-1), reduction="none")
@@ -188,7 +206,10 @@ def param_counts(cfg: ModelConfig, vocab_size: int) -> ParamCounts:
     mlp = 0 if cfg.attn_only else (d * h + b * h + h * d + b * d + ln)
     nonemb = L * (ln + attn + mlp) + ln
     pos = cfg.seq_len * d if cfg.positions == "learned" else 0
-    emb = vocab_size * d + pos + (0 if cfg.tie_embeddings else vocab_size * d)
+    if cfg.input_dim is not None:  # linear read-in (with bias) and an untied read-out
+        emb = cfg.input_dim * d + b * d + pos + vocab_size * d
+    else:
+        emb = vocab_size * d + pos + (0 if cfg.tie_embeddings else vocab_size * d)
     return ParamCounts(total=nonemb + emb, embedding=emb, nonembedding=nonemb)
 
 

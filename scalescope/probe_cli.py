@@ -17,6 +17,7 @@ PROBE_MODULES = (
     "scalescope.instruments.covariance",
     "scalescope.instruments.icl",
     "scalescope.instruments.induction",
+    "scalescope.instruments.icl_regression",
 )
 
 

@@ -13,13 +13,14 @@ from scalescope.config import ConfigError, DataConfig
 from scalescope.data.base import Batch, Source, Split, stream_rng
 from scalescope.data.hmm import HMMSource
 from scalescope.data.markov import MarkovSource
+from scalescope.data.regression import LinearRegressionSource
 from scalescope.data.repeat import RepeatedSpansSource
 from scalescope.data.text import TextSource
 from scalescope.data.triggers import MarkovTriggersSource
 
 __all__ = [
-    "Batch", "HMMSource", "MarkovSource", "MarkovTriggersSource", "RepeatedSpansSource", "Source", "Split",
-    "TextSource", "build_source", "stream_rng",
+    "Batch", "HMMSource", "LinearRegressionSource", "MarkovSource", "MarkovTriggersSource", "RepeatedSpansSource",
+    "Source", "Split", "TextSource", "build_source", "stream_rng",
 ]
 
 
@@ -73,4 +74,10 @@ def build_source(data_cfg: DataConfig, seed: int) -> Source:
                               field="data.seq_len")
         lang = _triggers(d.vocab_size, d.seq_len, d.n_triggers or 1, d.support, float(d.concentration), d.seed)
         return lang.with_stream_seed(seed)
+    if d.kind == "linear_regression":
+        if d.seq_len is None or d.dim is None:
+            raise ConfigError("a linear_regression source needs its seq_len and dim (validate the config first)",
+                              field="data.seq_len")
+        return LinearRegressionSource(d.dim, d.seq_len, float(d.noise_std), d.task_pool,
+                                      curriculum_steps=d.curriculum_steps, seed=d.seed, stream_seed=seed)
     raise ConfigError(f"unknown data kind {d.kind!r}", field="data.kind")

@@ -1,0 +1,149 @@
+"""In-context linear regression: normalized squared error against the number of in-context examples, for
+the model and for every exact baseline (Garg et al. 2022, fig. 2; Raventós et al. 2023).
+
+For a prompt with k in-context pairs (x_1, y_1) .. (x_k, y_k) and a query x_{k+1}, the normalized error is
+(ŷ − y_{k+1})² / d, averaged over prompts; E[y²] = d for w, x ~ N(0, I_d), so predicting 0 scores 1
+(plus noise_std² / d). One sequence of the probe stream gives every k = 0 .. K−1 at once (the model predicts
+y_{k+1} at the position of x_{k+1}). The baselines (``scalescope.baselines``) see exactly the same prompts:
+min-norm least squares, ridge (the Bayes-optimal posterior mean for a fresh Gaussian w), the posterior mean
+over the source's finite task pool (when it has one), 3-nearest-neighbours and averaging.
+
+Results: ``error_by_k/<name>`` arrays (K,) as artifacts, and scalars at k = 2d (or the largest k available):
+``error_at_2d/<name>``, with ``k_2d`` the k used.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from typing import Any
+
+import numpy as np
+import torch
+
+from ..baselines import BASELINES
+from ..config import ConfigError
+from . import ProbeContext, register
+
+__all__ = ["add_probe_command", "error_by_k", "probe_run"]
+
+# Probe-stream indices of these batches: away from the small indices other instruments use.
+_STREAM = 1 << 28
+
+
+def _check_source(source: Any) -> None:
+    if not hasattr(source, "sample") or not hasattr(source, "dim"):
+        raise ConfigError("icl_regression needs a linear_regression source (data.kind = 'linear_regression')",
+                          field="instruments.icl_regression")
+
+
+@torch.no_grad()
+def error_by_k(model: torch.nn.Module, source: Any, *, seq_len: int, n_batches: int, batch_size: int,
+               device: torch.device | str = "cpu", baselines: tuple[str, ...] | None = None
+               ) -> dict[str, np.ndarray]:
+    """Normalized squared error (K,) against k = 0 .. K−1 in-context examples, for ``"model"`` and each
+    baseline, over ``n_batches`` probe batches of the regression source."""
+    _check_source(source)
+    d, noise, pool = source.dim, source.noise_std, source.pool
+    names = [n for n in (baselines or tuple(BASELINES)) if n != "pool_posterior" or pool is not None]
+    sq: dict[str, list[np.ndarray]] = {n: [] for n in ["model", *names]}
+    for i in range(n_batches):
+        b = source.batch("probe", _STREAM + i, batch_size, seq_len).to(device)
+        xs, ys, _ = source.sample("probe", _STREAM + i, batch_size, seq_len)
+        pred = model(b.inputs)[..., 0].float().cpu().numpy()[:, 0::2]  # (B, K) predictions at the x's
+        K = pred.shape[1]
+        xs, ys = xs[:, :K], ys[:, :K]
+        sq["model"].append((pred - ys) ** 2)
+        for n in names:
+            f = BASELINES[n]
+            p = np.array([[f(xs[j, :k], ys[j, :k], xs[j, k], noise, pool) for k in range(K)]
+                          for j in range(len(ys))])
+            sq[n].append((p - ys) ** 2)
+    return {n: np.concatenate(v).mean(axis=0) / d for n, v in sq.items()}
+
+
+def summary(curves: dict[str, np.ndarray], dim: int) -> dict[str, float]:
+    K = len(curves["model"])
+    k = min(2 * dim, K - 1)
+    out: dict[str, float] = {"k_2d": float(k)}
+    for n, c in curves.items():
+        out[f"error_at_2d/{n}"] = float(c[k])
+    return out
+
+
+@register("icl_regression")
+def make(n_batches: int = 2, baselines: list[str] | None = None) -> Any:
+    """Error against k for the model and the baselines (options: ``n_batches`` probe batches, ``baselines``
+    a subset of least_squares, ridge, pool_posterior, nearest_3, averaging)."""
+    if not isinstance(n_batches, int) or n_batches < 1:
+        raise ConfigError(f"expected a positive integer, got {n_batches!r}",
+                          field="instruments.icl_regression.n_batches")
+    for n in baselines or ():
+        if n not in BASELINES:
+            raise ConfigError(f"unknown baseline {n!r}; known: {', '.join(BASELINES)}",
+                              field="instruments.icl_regression.baselines")
+    chosen = None if baselines is None else tuple(baselines)
+
+    def probe(ctx: ProbeContext) -> dict[str, Any]:
+        curves = error_by_k(ctx.model, ctx.source, seq_len=ctx.seq_len, n_batches=n_batches,
+                            batch_size=ctx.batch_size, device=ctx.device, baselines=chosen)
+        out: dict[str, Any] = {f"error_by_k/{n}": c for n, c in curves.items()}
+        out.update(summary(curves, ctx.source.dim))
+        return out
+
+    return probe
+
+
+# --------------------------------------------------------------------------------------------------
+# Offline: ``scalescope probe icl-regression RUN_DIR [--step S] --json``.
+
+
+def probe_run(run_dir: str, step: int | None = None, *, n_batches: int = 4, batch_size: int | None = None
+              ) -> dict[str, Any]:
+    """Error against k for the model of a stored run at ``step`` (default: latest) and every baseline."""
+    from .offline import load_run
+
+    if n_batches < 1:
+        raise ConfigError(f"expected a positive integer, got {n_batches}", field="--n-batches")
+    if batch_size is not None and batch_size < 1:
+        raise ConfigError(f"expected a positive integer, got {batch_size}", field="--batch-size")
+    run = load_run(run_dir, step, attention=None)
+    _check_source(run.source)
+    ctx = run.context(batch_size)
+    with torch.random.fork_rng(devices=[]):
+        curves = error_by_k(run.model, run.source, seq_len=ctx.seq_len, n_batches=n_batches,
+                            batch_size=ctx.batch_size, device=run.device)
+    return {
+        "run_dir": str(run.run_dir.path), "step": run.step, "dim": run.source.dim,
+        "noise_std": run.source.noise_std, "sequences": n_batches * ctx.batch_size,
+        **summary(curves, run.source.dim),
+        "error_by_k": {n: [float(x) for x in c] for n, c in curves.items()},
+    }
+
+
+def _cmd(args: argparse.Namespace) -> int:
+    r = probe_run(args.run_dir, args.step, n_batches=args.n_batches, batch_size=args.batch_size)
+    if args.json:
+        print(json.dumps(r, indent=1))
+        return 0
+    w = sys.stdout.write
+    w(f"run {r['run_dir']} at step {r['step']}: d = {r['dim']}, {r['sequences']} prompts\n")
+    names = list(r["error_by_k"])
+    w("  k  " + "".join(f"{n:>15}" for n in names) + "\n")
+    for k in range(len(r["error_by_k"]["model"])):
+        w(f"{k:3d}  " + "".join(f"{r['error_by_k'][n][k]:15.4f}" for n in names) + "\n")
+    return 0
+
+
+def add_probe_command(subparsers: Any) -> None:
+    """``probe icl-regression``: normalized error against in-context examples, model and baselines."""
+    from ..probe_cli import add_common
+
+    p = subparsers.add_parser("icl-regression",
+                              help="in-context regression error against k, beside exact baselines (Garg et al. 2022)")
+    add_common(p)
+    p.add_argument("--n-batches", type=int, default=4, help="probe batches (default 4)")
+    p.add_argument("--batch-size", type=int, default=None,
+                   help="prompts per batch (default: the run's micro-batch or batch size)")
+    p.set_defaults(fn=_cmd)
