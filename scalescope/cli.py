@@ -82,8 +82,11 @@ def cmd_demo(args: argparse.Namespace) -> int:
     print(f"Results are in {store.path}/. Look at them with:")
     print(f"  scalescope runs {store.path}")
     print(f"  scalescope export {store.path} --format csv")
-    print(f"  scalescope fit chinchilla --store {store.path}   # L(N, D) = E + A/N^alpha + B/D^beta")
-    print(f"  scalescope report {store.path} --out report.html      # one self-contained HTML page")
+    hints = [(f"scalescope fit chinchilla --store {store.path}", "L(N, D) = E + A/N^alpha + B/D^beta"),
+             (f"scalescope report {store.path} --out report.html", "one self-contained HTML page")]
+    width = max(len(cmd) for cmd, _ in hints)
+    for cmd, why in hints:
+        print(f"  {cmd:<{width}}   # {why}")
     print(f"  python -c \"import scalescope; t = scalescope.load('{store.path}'); print(t.runs); print(t.metrics)\"")
     return rc
 
