@@ -104,12 +104,12 @@ def _read_metrics(con, files: list[str]) -> pd.DataFrame:
     return con.execute(q, [files]).df()
 
 
-def _with_defaults(cfg: dict[str, Any]) -> dict[str, Any]:
+def _with_defaults(cfg: dict[str, Any], defaults: dict[str, Any]) -> dict[str, Any]:
     """The stored config with every field it lacks set to today's default. A run written before a config
     field existed then gets the same column values as a new run that leaves the field at its default, so
     adding a field never splits a store into groups (critical batch, report legends) by old and new runs."""
     out = dict(cfg)
-    for key, default in C.to_dict(C.RunConfig()).items():
+    for key, default in defaults.items():
         if isinstance(default, dict) and isinstance(out.get(key), dict) and key != "instruments":
             out[key] = {**default, **out[key]}
         else:
@@ -140,6 +140,7 @@ def load(store: str | Path) -> Tables:
         final_wide = pd.DataFrame()
 
     rows = []
+    defaults = C.to_dict(C.RunConfig())  # today's default of every config field (see _with_defaults)
     for rid in ids:
         rd = st.run_dir(rid)
         cfg = json.loads((rd.path / "config.json").read_text())
@@ -165,7 +166,7 @@ def load(store: str | Path) -> Tables:
             "entropy_rate": meta.get("entropy_rate"),
             "error": status.get("error") or status.get("reason"),
             "config": cfg,
-            **_flatten(_with_defaults(cfg)),
+            **_flatten(_with_defaults(cfg, defaults)),
         }
         rows.append(row)
     runs = pd.DataFrame(rows)

@@ -11,14 +11,12 @@ import pytest
 import scalescope
 from scalescope import config as C
 from scalescope.cli import main
-from scalescope.instruments import available
 from scalescope.report import Context, build_sections
 from scalescope.report.instrument_panels import critical_batch, eos_figure, pick_steps
 from scalescope.store import Store, load
 from scalescope.sweep import load_experiment
 
 INSTRUMENT_PANELS = ("noise_scale", "critical_batch", "edge_of_stability", "spectral_density", "covariance")
-HAS_COVARIANCE = "covariance" in available()
 
 TOML = """
 name = "tiny-sgd-adamw"
@@ -62,7 +60,7 @@ top_k = 2
 def store(tmp_path_factory):
     """Two tiny runs, SGD and AdamW, with the noise-scale, curvature (and covariance) instruments (~15 s)."""
     d = tmp_path_factory.mktemp("instr")
-    toml = TOML.replace("[sweep]", (COVARIANCE if HAS_COVARIANCE else "") + "[sweep]")
+    toml = TOML.replace("[sweep]", COVARIANCE + "[sweep]")
     (d / "exp.toml").write_text(toml)
     assert main(["run", str(d / "exp.toml"), "--store", str(d / "s"), "--workers", "2", "--quiet"]) == 0
     return d / "s"
@@ -94,7 +92,7 @@ def _synthetic(tmp_path: Path, rows_of, configs) -> Path:
 
 def test_panels_appear_with_figures(store):
     secs = _sections(store)
-    expected = {"noise_scale", "edge_of_stability", "spectral_density"} | ({"covariance"} if HAS_COVARIANCE else set())
+    expected = {"noise_scale", "edge_of_stability", "spectral_density", "covariance"}
     assert set(secs) == expected  # no critical batch: the batch size does not vary
     for key in expected:
         assert secs[key].skipped is None, (key, secs[key].skipped)

@@ -163,12 +163,9 @@ def probe_run(
     batch_size: int | None = None,
 ) -> dict[str, Any]:
     """The ICL score and loss/accuracy against position of a stored run at ``step`` (default: latest)."""
-    from .offline import load_run
+    from .offline import check_batch_options, load_run
 
-    if n_batches < 1:
-        raise ConfigError(f"expected a positive integer, got {n_batches}", field="--n-batches")
-    if batch_size is not None and batch_size < 1:
-        raise ConfigError(f"expected a positive integer, got {batch_size}", field="--batch-size")
+    check_batch_options(n_batches, batch_size)
     run = load_run(run_dir, step, attention=None)
     T = run.cfg.model.seq_len
     e, la = resolve_positions(T, early, late, field="--early" if early is not None else "--late")

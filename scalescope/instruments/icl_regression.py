@@ -102,12 +102,9 @@ def make(n_batches: int = 2, baselines: list[str] | None = None) -> Any:
 def probe_run(run_dir: str, step: int | None = None, *, n_batches: int = 4, batch_size: int | None = None
               ) -> dict[str, Any]:
     """Error against k for the model of a stored run at ``step`` (default: latest) and every baseline."""
-    from .offline import load_run
+    from .offline import check_batch_options, load_run
 
-    if n_batches < 1:
-        raise ConfigError(f"expected a positive integer, got {n_batches}", field="--n-batches")
-    if batch_size is not None and batch_size < 1:
-        raise ConfigError(f"expected a positive integer, got {batch_size}", field="--batch-size")
+    check_batch_options(n_batches, batch_size)
     run = load_run(run_dir, step, attention=None)
     _check_source(run.source)
     ctx = run.context(batch_size)

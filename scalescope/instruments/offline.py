@@ -43,6 +43,14 @@ class LoadedRun:
         )
 
 
+def check_batch_options(n_batches: int, batch_size: int | None) -> None:
+    """The options every offline probe that averages over probe batches takes: one line per mistake."""
+    if n_batches < 1:
+        raise C.ConfigError(f"expected a positive integer, got {n_batches}", field="--n-batches")
+    if batch_size is not None and batch_size < 1:
+        raise C.ConfigError(f"expected a positive integer, got {batch_size}", field="--batch-size")
+
+
 def available_steps(rd: RunDir) -> list[int]:
     steps = []
     for p in (rd.path / "checkpoints").glob("step_*.pt"):
