@@ -62,17 +62,10 @@ def _smooth(y: np.ndarray, window: int) -> np.ndarray:
 def steps_to_loss(steps: np.ndarray, loss: np.ndarray, target: float, smooth: int = 1) -> float:
     """First step at which the loss curve reaches ``target``, linear between evaluations (NaN if never;
     0 if the first point is already at or below it)."""
-    x, y = np.asarray(steps, dtype=float), _smooth(np.asarray(loss, dtype=float), smooth)
-    ok = np.isfinite(y)
-    x, y = x[ok], y[ok]
-    below = np.flatnonzero(y <= target)
-    if below.size == 0:
-        return math.nan
-    i = int(below[0])
-    if i == 0:
-        return float(x[0])
-    x0, x1, y0, y1 = x[i - 1], x[i], y[i - 1], y[i]
-    return float(x0 + (y0 - target) / (y0 - y1) * (x1 - x0))
+    from .emergence import threshold_step
+
+    s = threshold_step(steps, _smooth(np.asarray(loss, dtype=float), smooth), target, rising=False)
+    return math.nan if s is None else s
 
 
 def _interp_at(steps: np.ndarray, values: np.ndarray, at: float) -> float:
