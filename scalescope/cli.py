@@ -38,12 +38,15 @@ def cmd_run(args: argparse.Namespace) -> int:
     from .store import Store
     from .sweep import load_experiment
 
+    for flag in ("workers", "threads"):
+        if getattr(args, flag) is not None and getattr(args, flag) < 1:
+            raise C.ConfigError(f"expected a positive integer, got {getattr(args, flag)}", field=f"--{flag}")
     exp = load_experiment(resolve_experiment(args.experiment))
     store = Store(args.store)
-    return _run_and_summarize(exp, store, args.workers, quiet=args.quiet)
+    return _run_and_summarize(exp, store, args.workers, quiet=args.quiet, threads=args.threads)
 
 
-def _run_and_summarize(exp, store, workers, quiet=False) -> int:
+def _run_and_summarize(exp, store, workers, quiet=False, threads=None) -> int:
     from .lab import run_experiment
 
     def header(planned) -> None:
@@ -51,7 +54,7 @@ def _run_and_summarize(exp, store, workers, quiet=False) -> int:
         already = f" ({done} already done)" if done else ""
         print(f"experiment {exp.name}: {n} run{'s' * (n != 1)}{already} -> {store.path}/runs", file=sys.stderr)
 
-    outcomes = run_experiment(exp, store, workers=workers, progress=not quiet, on_start=header)
+    outcomes = run_experiment(exp, store, workers=workers, threads=threads, progress=not quiet, on_start=header)
     counts: dict[str, int] = {}
     for o in outcomes:
         counts[o.status] = counts.get(o.status, 0) + 1
@@ -159,6 +162,8 @@ def build_parser() -> argparse.ArgumentParser:
                    + ", ".join(builtin_experiments()))
     r.add_argument("--store", required=True, help="store directory (created if missing)")
     r.add_argument("--workers", type=int, default=None, help="parallel runs (default: one per core)")
+    r.add_argument("--threads", type=int, default=None,
+                   help="threads per run (default: cores // workers; use 1 on a machine shared with other jobs)")
     r.add_argument("--quiet", action="store_true", help="no progress line")
     r.set_defaults(fn=cmd_run)
 
@@ -193,6 +198,7 @@ def build_parser() -> argparse.ArgumentParser:
     bt.set_defaults(fn=cmd_bench_train)
 
     from .critical_batch import add_critical_batch_parser
+    from .emergence.cli import add_emergence_parser
     from .forecast import add_forecast_parser
     from .probe_cli import add_probe_parser
     from .report.cli import add_report_parser
@@ -201,6 +207,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_report_parser(sub)
     add_forecast_parser(sub)
     add_critical_batch_parser(sub)
+    add_emergence_parser(sub)
     try:
         from .laws.cli import add_fit_parser
     except ImportError:  # pragma: no cover

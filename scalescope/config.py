@@ -38,7 +38,8 @@ class ConfigError(ValueError):
 class DataConfig:
     """Where tokens come from. ``kind`` picks the source; the other fields apply to some kinds."""
 
-    kind: Literal["markov", "hmm", "text", "repeated_spans", "markov_triggers", "linear_regression"] = "markov"
+    kind: Literal["markov", "hmm", "text", "repeated_spans", "markov_triggers", "linear_regression",
+                  "discrete_tasks", "bursty_classification"] = "markov"
     # The language itself (which random chain/HMM) is a function of this seed, not of the run seed.
     seed: int = 0
     # markov / hmm: number of token types.
@@ -80,13 +81,35 @@ class DataConfig:
     # linear_regression: train steps of a curriculum over the dimension and the number of points counted
     # (Garg et al. 2022); None: none. See data/regression.py.
     curriculum_steps: int | None = None
+    # discrete_tasks (task identification, issue 5): a pool of n_tasks random maps {0..n_inputs-1} ->
+    # {0..n_outputs-1} shown as few-shot demonstrations; resolved to 16 tasks, 4 outputs and
+    # vocab_size - n_outputs inputs when omitted. See data/discrete_tasks.py.
+    n_tasks: int | None = None
+    n_inputs: int | None = None
+    n_outputs: int | None = None
+    # bursty_classification (few-shot classification, Chan et al. 2022; Reddy 2023): n_classes Gaussian
+    # centres in item_dim dimensions, items (mu + within_class_noise·eta) / sqrt(1 + noise²), class k labelled
+    # k mod n_labels, class frequencies ∝ rank^-zipf_exponent; context_pairs item-label pairs and a query, a
+    # sequence bursty (context_pairs / burstiness classes, burstiness copies each, the query's among them) with
+    # probability p_bursty. Resolved to 128 classes, 32 labels, D = 63, noise 0.1, exponent 0, p_bursty 1,
+    # (seq_len - 1) // 2 pairs and the largest burstiness <= 4 dividing them. See data/bursty.py.
+    n_classes: int | None = None
+    n_labels: int | None = None
+    item_dim: int | None = None
+    context_pairs: int | None = None
+    within_class_noise: float | None = None
+    zipf_exponent: float | None = None
+    burstiness: int | None = None
+    p_bursty: float | None = None
 
 
 # Fields added after run ids were first published: left out of the hash while they hold their default, so
 # every run id computed before they existed stays the same (tests/test_tasks_repeat.py checks old ids).
 HASH_OMIT_IF_DEFAULT: dict[str, dict[str, Any]] = {
     "data": {"span_min": None, "span_max": None, "n_triggers": None, "seq_len": None, "dim": None,
-             "noise_std": 0.0, "task_pool": None, "curriculum_steps": None},
+             "noise_std": 0.0, "task_pool": None, "curriculum_steps": None, "n_tasks": None, "n_inputs": None,
+             "n_outputs": None, "n_classes": None, "n_labels": None, "item_dim": None, "context_pairs": None,
+             "within_class_noise": None, "zipf_exponent": None, "burstiness": None, "p_bursty": None},
     "model": {"positions": "learned", "input_dim": None},
 }
 
@@ -311,7 +334,10 @@ def validate(cfg: RunConfig, file: str | None = None) -> RunConfig:
         )
     # Task sources (induction): their layout depends on the context length, which they take from the model.
     own_fields = {"repeated_spans": ("span_min", "span_max"), "markov_triggers": ("n_triggers",),
-                  "linear_regression": ("dim", "task_pool", "curriculum_steps")}
+                  "linear_regression": ("dim", "task_pool", "curriculum_steps"),
+                  "discrete_tasks": ("n_tasks", "n_inputs", "n_outputs"),
+                  "bursty_classification": ("n_classes", "n_labels", "item_dim", "context_pairs",
+                                            "within_class_noise", "zipf_exponent", "burstiness", "p_bursty")}
     for kind, names in [*own_fields.items(), (d.kind, ())]:
         for p in names if kind != d.kind else ():
             if getattr(d, p) is not None:
@@ -346,6 +372,10 @@ def validate(cfg: RunConfig, file: str | None = None) -> RunConfig:
                 field="data.n_triggers",
             )
     _validate_regression(cfg, file)
+    if d.kind == "discrete_tasks":
+        from .data.discrete_tasks import resolve_config
+
+        resolve_config(cfg, file)
     for name, opts in cfg.instruments.items():
         if not isinstance(opts, dict):
             raise ConfigError(f"expected a table of options, got {opts!r}", file=file, field=f"instruments.{name}")
@@ -359,9 +389,14 @@ def _validate_regression(cfg: RunConfig, file: str | None) -> None:
         if d.noise_std != 0.0:
             raise ConfigError(f"only applies to kind = 'linear_regression', not {d.kind!r}", file=file,
                               field="data.noise_std")
+        if d.kind == "bursty_classification":  # resolves model.input_dim to item_dim + n_labels
+            from .data.bursty import resolve_config
+
+            resolve_config(cfg, file)
+            return
         if m.input_dim is not None:
-            raise ConfigError(f"float inputs need a vector-token source (linear_regression), not {d.kind!r}",
-                              file=file, field="model.input_dim")
+            raise ConfigError(f"float inputs need a vector-token source (linear_regression, bursty_classification), "
+                              f"not {d.kind!r}", file=file, field="model.input_dim")
         return
     if d.dim is None:
         d.dim = 5

@@ -259,6 +259,8 @@ def load_forecasts(store: str | Path) -> list[dict[str, Any]]:
 def score_record(rec: dict[str, Any], points: pd.DataFrame) -> dict[str, Any] | None:
     """The score of ``rec`` against finished runs ``points`` (see :func:`final_points`), or None when
     its target has no finished run yet. Pure: ``scored_at`` is left to the caller."""
+    if rec.get("kind") == "emergence_crossing":  # a scale, not a loss: see score_crossing_runs
+        return None
     pts = points
     if pts.empty:
         return None

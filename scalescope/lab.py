@@ -101,12 +101,17 @@ def run_experiment(
     store: Store,
     *,
     workers: int | None = None,
+    threads: int | None = None,
     executor: Executor | None = None,
     progress: bool = True,
     on_outcome: Callable[[Outcome], None] | None = None,
     on_start: Callable[[list[Planned]], None] | None = None,
 ) -> list[Outcome]:
-    """Train every run of ``exp`` not yet done; finished runs are skipped, unfinished ones resume."""
+    """Train every run of ``exp`` not yet done; finished runs are skipped, unfinished ones resume.
+
+    ``threads`` per run defaults to cores // workers; pass 1 on a machine shared with other jobs (two
+    threads on a busy 2-core machine can run several times slower than one).
+    """
     store.ensure_writable()
     planned = plan(exp, store)
     # Longest first (by FLOPs): the last run to start is then a short one, which keeps every worker
@@ -118,7 +123,7 @@ def run_experiment(
     if own:
         # Threads per run follow the requested worker count, not how many runs remain: a resumed run then
         # gets the thread count it started with, which bitwise-exact resume on CPU needs.
-        executor = LocalExecutor(workers=workers)
+        executor = LocalExecutor(workers=workers, threads_per_worker=threads)
     futures = {
         p.run_id: executor.submit(RunSpec(p.cfg, str(store.run_dir(p.run_id).path), str(store.cache_dir)))
         for p in todo

@@ -18,13 +18,21 @@ PROBE_MODULES = (
     "scalescope.instruments.icl",
     "scalescope.instruments.induction",
     "scalescope.instruments.icl_regression",
+    "scalescope.instruments.task_id",
+    "scalescope.instruments.fewshot",
 )
 
 
-def add_common(p: argparse.ArgumentParser) -> None:
+def add_common(p: argparse.ArgumentParser, *, batches_of: str | None = None) -> None:
+    """RUN_DIR, --step and --json; with ``batches_of`` (what one batch holds: "sequences", "prompts") also
+    --n-batches and --batch-size, checked by :func:`scalescope.instruments.offline.check_batch_options`."""
     p.add_argument("run_dir", help="a run directory: STORE/runs/<id>")
     p.add_argument("--step", type=int, default=None, help="step (default: the latest checkpoint)")
     p.add_argument("--json", action="store_true")
+    if batches_of:
+        p.add_argument("--n-batches", type=int, default=4, help="probe batches (default 4)")
+        p.add_argument("--batch-size", type=int, default=None,
+                       help=f"{batches_of} per batch (default: the run's micro-batch or batch size)")
 
 
 def add_probe_parser(sub: Any) -> None:

@@ -92,6 +92,18 @@ def test_unwritable_store(tiny_toml, tmp_path, capsys):
     assert err.startswith("error: ") and "store is not writable" in err and str(blocker) in err
 
 
+def test_threads_option(tiny_toml, tmp_path, capsys):
+    for flag in ("--threads", "--workers"):
+        assert main(["run", str(tiny_toml()), "--store", str(tmp_path / "s"), flag, "0", "--quiet"]) == 2
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1 and f"{flag}: expected a positive integer, got 0" in err
+    exp = tiny_toml(tokens=8 * 16 * 3)
+    # One worker alone would get every core; --threads 1 must win (on a 1-core machine both give 1).
+    assert main(["run", str(exp), "--store", str(tmp_path / "s"), "--workers", "1", "--threads", "1", "--quiet"]) == 0
+    meta = json.loads(next((tmp_path / "s" / "runs").glob("*/meta.json")).read_text())
+    assert meta["hardware"]["threads"] == 1
+
+
 def test_runs_on_missing_store(tmp_path, capsys):
     assert main(["runs", str(tmp_path / "nope")]) == 2
     assert "no such store directory" in capsys.readouterr().err

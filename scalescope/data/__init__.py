@@ -11,6 +11,8 @@ from functools import lru_cache
 
 from scalescope.config import ConfigError, DataConfig
 from scalescope.data.base import Batch, Source, Split, stream_rng
+from scalescope.data.bursty import BurstyClassificationSource
+from scalescope.data.discrete_tasks import DiscreteTasksSource
 from scalescope.data.hmm import HMMSource
 from scalescope.data.markov import MarkovSource
 from scalescope.data.regression import LinearRegressionSource
@@ -19,7 +21,8 @@ from scalescope.data.text import TextSource
 from scalescope.data.triggers import MarkovTriggersSource
 
 __all__ = [
-    "Batch", "HMMSource", "LinearRegressionSource", "MarkovSource", "MarkovTriggersSource", "RepeatedSpansSource",
+    "Batch", "BurstyClassificationSource", "DiscreteTasksSource", "HMMSource", "LinearRegressionSource",
+    "MarkovSource", "MarkovTriggersSource", "RepeatedSpansSource",
     "Source", "Split", "TextSource", "build_source", "stream_rng",
 ]
 
@@ -43,6 +46,20 @@ def _hmm(vocab_size: int, n_hidden: int, support: int | None, concentration: flo
 def _triggers(vocab_size: int, seq_len: int, n_triggers: int, support: int | None, concentration: float,
               seed: int) -> MarkovTriggersSource:
     return MarkovTriggersSource(vocab_size, seq_len, n_triggers, support, concentration, seed=seed)
+
+
+@lru_cache(maxsize=4)
+def _discrete(n_tasks: int, n_inputs: int, n_outputs: int, seq_len: int, vocab_size: int,
+              seed: int) -> DiscreteTasksSource:
+    return DiscreteTasksSource(n_tasks, n_inputs, n_outputs, seq_len, vocab_size=vocab_size, seed=seed)
+
+
+@lru_cache(maxsize=4)
+def _bursty(n_classes: int, n_labels: int, item_dim: int, seq_len: int, context_pairs: int | None, noise: float,
+            alpha: float, burstiness: int | None, p_bursty: float, seed: int) -> BurstyClassificationSource:
+    return BurstyClassificationSource(n_classes, n_labels, item_dim, seq_len, context_pairs=context_pairs,
+                                      within_class_noise=noise, zipf_exponent=alpha, burstiness=burstiness,
+                                      p_bursty=p_bursty, seed=seed)
 
 
 def build_source(data_cfg: DataConfig, seed: int) -> Source:
@@ -80,4 +97,17 @@ def build_source(data_cfg: DataConfig, seed: int) -> Source:
                               field="data.seq_len")
         return LinearRegressionSource(d.dim, d.seq_len, float(d.noise_std), d.task_pool,
                                       curriculum_steps=d.curriculum_steps, seed=d.seed, stream_seed=seed)
+    if d.kind == "discrete_tasks":
+        if d.seq_len is None or d.n_tasks is None or d.n_inputs is None or d.n_outputs is None:
+            raise ConfigError("a discrete_tasks source needs its seq_len, n_tasks, n_inputs and n_outputs "
+                              "(validate the config first)", field="data.seq_len")
+        return _discrete(d.n_tasks, d.n_inputs, d.n_outputs, d.seq_len, d.vocab_size, d.seed).with_stream_seed(seed)
+    if d.kind == "bursty_classification":
+        if d.seq_len is None or d.n_classes is None or d.n_labels is None or d.item_dim is None:
+            raise ConfigError("a bursty_classification source needs its seq_len, n_classes, n_labels and item_dim "
+                              "(validate the config first)", field="data.seq_len")
+        return _bursty(d.n_classes, d.n_labels, d.item_dim, d.seq_len, d.context_pairs,
+                       float(d.within_class_noise if d.within_class_noise is not None else 0.1),
+                       float(d.zipf_exponent or 0.0), d.burstiness,
+                       float(d.p_bursty if d.p_bursty is not None else 1.0), d.seed).with_stream_seed(seed)
     raise ConfigError(f"unknown data kind {d.kind!r}", field="data.kind")

@@ -56,6 +56,12 @@ class LinearRegressionSource:
         out.stream_seed = int(stream_seed)
         return out
 
+    def without_pool(self) -> LinearRegressionSource:
+        """The same source with w drawn fresh from N(0, I_d) for every sequence (tasks outside any pool)."""
+        out = copy.copy(self)
+        out.pool = None
+        return out
+
     def prepare(self, cache_dir: Path) -> None:
         pass
 

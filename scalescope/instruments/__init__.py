@@ -121,7 +121,8 @@ def build(spec: dict[str, dict[str, Any]]) -> list[Instrument]:
 
 # Built-in instrument modules register themselves on import; imported on first use, so a module being
 # absent (or slow to import) costs nothing until an experiment names one of its instruments.
-BUILTIN_MODULES = ("basic", "noise_scale", "curvature", "covariance", "icl", "induction", "icl_regression")
+BUILTIN_MODULES = ("basic", "noise_scale", "curvature", "covariance", "icl", "induction", "icl_regression",
+                   "task_id", "fewshot")
 _loaded = False
 
 

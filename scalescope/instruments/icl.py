@@ -214,14 +214,7 @@ def add_probe_command(subparsers: Any) -> None:
     from ..probe_cli import add_common
 
     p = subparsers.add_parser("icl", help="in-context learning score and loss against position (Olsson et al. 2022)")
-    add_common(p)
+    add_common(p, batches_of="sequences")
     p.add_argument("--early", type=int, default=None, help="early input position (default seq_len // 10)")
     p.add_argument("--late", type=int, default=None, help="late input position (default seq_len - 1)")
-    p.add_argument("--n-batches", type=int, default=4, help="probe batches (default 4)")
-    p.add_argument(
-        "--batch-size",
-        type=int,
-        default=None,
-        help="sequences per batch (default: the run's micro-batch or batch size)",
-    )
     p.set_defaults(fn=_cmd)

@@ -9,7 +9,13 @@ min-norm least squares, ridge (the Bayes-optimal posterior mean for a fresh Gaus
 over the source's finite task pool (when it has one), 3-nearest-neighbours and averaging.
 
 Results: ``error_by_k/<name>`` arrays (K,) as artifacts, and scalars at k = 2d (or the largest k available):
-``error_at_2d/<name>``, with ``k_2d`` the k used.
+``error_at_2d/<name>``, with ``k_2d`` the k used, and ``error_mean/<name>`` (the mean over k = 1 .. K−1).
+
+With a finite task pool (Raventós et al. 2023) the same curves are also measured on *fresh* tasks
+w ~ N(0, I_d) that the pool never held (``fresh/...``; the pool posterior still uses the training pool): a model
+that memorized its few tasks follows the pool posterior there and fails; one that learned to regress follows
+ridge. Small pools give the first, large pools the second (their fig. 1), and the fresh-task error against M
+shows where the crossover lies.
 """
 
 from __future__ import annotations
@@ -30,6 +36,7 @@ __all__ = ["add_probe_command", "error_by_k", "probe_run"]
 
 # Probe-stream indices of these batches: away from the small indices other instruments use.
 _STREAM = 1 << 28
+_FRESH = 1 << 20  # fresh-task prompts: a disjoint range of the same probe stream
 
 
 def _check_source(source: Any) -> None:
@@ -40,17 +47,21 @@ def _check_source(source: Any) -> None:
 
 @torch.no_grad()
 def error_by_k(model: torch.nn.Module, source: Any, *, seq_len: int, n_batches: int, batch_size: int,
-               device: torch.device | str = "cpu", baselines: tuple[str, ...] | None = None
-               ) -> dict[str, np.ndarray]:
+               device: torch.device | str = "cpu", baselines: tuple[str, ...] | None = None,
+               fresh_tasks: bool = False) -> dict[str, np.ndarray]:
     """Normalized squared error (K,) against k = 0 .. K−1 in-context examples, for ``"model"`` and each
-    baseline, over ``n_batches`` probe batches of the regression source."""
+    baseline, over ``n_batches`` probe batches of the regression source (``fresh_tasks``: prompts whose w is
+    drawn fresh from N(0, I_d) instead of from the source's task pool; the baselines keep the pool)."""
     _check_source(source)
     d, noise, pool = source.dim, source.noise_std, source.pool
     names = [n for n in (baselines or tuple(BASELINES)) if n != "pool_posterior" or pool is not None]
     sq: dict[str, list[np.ndarray]] = {n: [] for n in ["model", *names]}
+    prompts, offset = source, _STREAM
+    if fresh_tasks:
+        prompts, offset = source.without_pool(), _STREAM + _FRESH
     for i in range(n_batches):
-        b = source.batch("probe", _STREAM + i, batch_size, seq_len).to(device)
-        xs, ys, _ = source.sample("probe", _STREAM + i, batch_size, seq_len)
+        b = prompts.batch("probe", offset + i, batch_size, seq_len).to(device)
+        xs, ys, _ = prompts.sample("probe", offset + i, batch_size, seq_len)
         pred = model(b.inputs)[..., 0].float().cpu().numpy()[:, 0::2]  # (B, K) predictions at the x's
         K = pred.shape[1]
         xs, ys = xs[:, :K], ys[:, :K]
@@ -63,12 +74,23 @@ def error_by_k(model: torch.nn.Module, source: Any, *, seq_len: int, n_batches: 
     return {n: np.concatenate(v).mean(axis=0) / d for n, v in sq.items()}
 
 
-def summary(curves: dict[str, np.ndarray], dim: int) -> dict[str, float]:
+def summary(curves: dict[str, np.ndarray], dim: int, prefix: str = "") -> dict[str, float]:
     K = len(curves["model"])
     k = min(2 * dim, K - 1)
     out: dict[str, float] = {"k_2d": float(k)}
     for n, c in curves.items():
-        out[f"error_at_2d/{n}"] = float(c[k])
+        out[f"{prefix}error_at_2d/{n}"] = float(c[k])
+        out[f"{prefix}error_mean/{n}"] = float(np.mean(c[1:])) if K > 1 else float(c[0])
+    return out
+
+
+def _measure(model: torch.nn.Module, source: Any, **kw: Any) -> dict[str, Any]:
+    """Curves and scalars (prefix-free keys for the source's own tasks, ``fresh/`` ones with a task pool)."""
+    out: dict[str, Any] = {}
+    for prefix, fresh in [("", False), ("fresh/", True)][: 1 + (source.pool is not None)]:
+        curves = error_by_k(model, source, fresh_tasks=fresh, **kw)
+        out.update({f"{prefix}error_by_k/{n}": c for n, c in curves.items()})
+        out.update(summary(curves, source.dim, prefix))
     return out
 
 
@@ -86,11 +108,9 @@ def make(n_batches: int = 2, baselines: list[str] | None = None) -> Any:
     chosen = None if baselines is None else tuple(baselines)
 
     def probe(ctx: ProbeContext) -> dict[str, Any]:
-        curves = error_by_k(ctx.model, ctx.source, seq_len=ctx.seq_len, n_batches=n_batches,
-                            batch_size=ctx.batch_size, device=ctx.device, baselines=chosen)
-        out: dict[str, Any] = {f"error_by_k/{n}": c for n, c in curves.items()}
-        out.update(summary(curves, ctx.source.dim))
-        return out
+        _check_source(ctx.source)
+        return _measure(ctx.model, ctx.source, seq_len=ctx.seq_len, n_batches=n_batches,
+                        batch_size=ctx.batch_size, device=ctx.device, baselines=chosen)
 
     return probe
 
@@ -109,14 +129,19 @@ def probe_run(run_dir: str, step: int | None = None, *, n_batches: int = 4, batc
     _check_source(run.source)
     ctx = run.context(batch_size)
     with torch.random.fork_rng(devices=[]):
-        curves = error_by_k(run.model, run.source, seq_len=ctx.seq_len, n_batches=n_batches,
-                            batch_size=ctx.batch_size, device=run.device)
-    return {
+        m = _measure(run.model, run.source, seq_len=ctx.seq_len, n_batches=n_batches,
+                     batch_size=ctx.batch_size, device=run.device)
+    out: dict[str, Any] = {
         "run_dir": str(run.run_dir.path), "step": run.step, "dim": run.source.dim,
-        "noise_std": run.source.noise_std, "sequences": n_batches * ctx.batch_size,
-        **summary(curves, run.source.dim),
-        "error_by_k": {n: [float(x) for x in c] for n, c in curves.items()},
+        "noise_std": run.source.noise_std, "task_pool": None if run.source.pool is None else len(run.source.pool),
+        "sequences": n_batches * ctx.batch_size,
     }
+    out.update({k: v for k, v in m.items() if "error_by_k/" not in k})
+    for prefix in ("", "fresh/"):
+        curves = {k.split("/")[-1]: v for k, v in m.items() if k.startswith(prefix + "error_by_k/")}
+        if curves:
+            out[prefix.replace("/", "_") + "error_by_k"] = {n: [float(x) for x in c] for n, c in curves.items()}
+    return out
 
 
 def _cmd(args: argparse.Namespace) -> int:
@@ -126,10 +151,15 @@ def _cmd(args: argparse.Namespace) -> int:
         return 0
     w = sys.stdout.write
     w(f"run {r['run_dir']} at step {r['step']}: d = {r['dim']}, {r['sequences']} prompts\n")
-    names = list(r["error_by_k"])
-    w("  k  " + "".join(f"{n:>15}" for n in names) + "\n")
-    for k in range(len(r["error_by_k"]["model"])):
-        w(f"{k:3d}  " + "".join(f"{r['error_by_k'][n][k]:15.4f}" for n in names) + "\n")
+    for key, title in [("error_by_k", "tasks of the training distribution"),
+                       ("fresh_error_by_k", "fresh tasks w ~ N(0, I), outside the pool")]:
+        if key not in r:
+            continue
+        curves = r[key]
+        w(f"normalized error against k, {title}:\n")
+        w("  k  " + "".join(f"{n:>15}" for n in curves) + "\n")
+        for k in range(len(curves["model"])):
+            w(f"{k:3d}  " + "".join(f"{curves[n][k]:15.4f}" for n in curves) + "\n")
     return 0
 
 
@@ -139,8 +169,5 @@ def add_probe_command(subparsers: Any) -> None:
 
     p = subparsers.add_parser("icl-regression",
                               help="in-context regression error against k, beside exact baselines (Garg et al. 2022)")
-    add_common(p)
-    p.add_argument("--n-batches", type=int, default=4, help="probe batches (default 4)")
-    p.add_argument("--batch-size", type=int, default=None,
-                   help="prompts per batch (default: the run's micro-batch or batch size)")
+    add_common(p, batches_of="prompts")
     p.set_defaults(fn=_cmd)

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from . import instrument_panels, panels  # noqa: F401 - registers the built-in panels
+from . import emergence_panels, instrument_panels, panels, prompt_length_panel  # noqa: F401 - registers the built-in panels
 from .core import DEFAULT_BOOTSTRAP, PANELS, Context, Section, Skip, build_sections, figure, page, panel, table
 
 __all__ = ["DEFAULT_BOOTSTRAP", "PANELS", "Context", "Section", "Skip", "build_sections", "figure", "page",

@@ -198,7 +198,8 @@ def loss_curves(ctx: Context) -> str:
         _entropy_line(ax, ctx)
         ax.set(xscale="log", yscale="log", xlabel=xl)
         ax.grid(True, which="major", alpha=0.25)
-        ax.legend(fontsize=8, loc="lower left")
+        if ax.get_legend_handles_labels()[0]:  # no entropy line and no frontier: nothing to list
+            ax.legend(fontsize=8, loc="lower left")
         _tidy_log(ax)
     axes[0].set_ylabel("val loss (nats)")
     _colorbar(fig, ctx, axes)
