@@ -360,10 +360,13 @@ def test_builtin_experiment_meets_the_d5_target(tmp_path):
 
 @pytest.mark.slow
 def test_builtin_task_pool_crossover(tmp_path):
-    """Validation target 3 (Raventós et al. 2023), the two ends of the built-in ``icl_task_pool`` sweep (~8 min):
-    pretrained on M = 2 tasks the model follows the pool's posterior mean, on its tasks and on fresh ones; on
-    M = 8,192 it follows ridge on fresh tasks. "Follows": the mean gap over k to that predictor is under half
-    the gap to the other one (the two differ by 1.1 for M = 2 on fresh tasks)."""
+    """Validation target 3 (Raventós et al. 2023), the two ends of the built-in ``icl_task_pool`` sweep (two
+    10,000-step runs, ~14 min on one quiet core): pretrained on M = 2 tasks the model follows the pool's
+    posterior mean, on its tasks and on fresh ones; on M = 8,192 it follows ridge on fresh tasks. For M = 2
+    "follows" is: the mean gap over k to dMMSE under half the gap to ridge (the two differ by 1.1 on fresh
+    tasks; measured 0.012 vs 1.07), and within 0.02 of dMMSE on its own tasks (measured < 0.001). For
+    M = 8,192 dMMSE and ridge nearly coincide, so the check is absolute: within 0.05 of ridge (measured 0.013
+    with 512 prompts, VALIDATION.md; 2,048 prompts here put the sampling error of the mean gap near 0.005)."""
     from scalescope.instruments.icl_regression import probe_run
 
     runs = _train_builtin(tmp_path, "icl_task_pool", lambda c: c.data.task_pool in (2, 8192))
