@@ -7,6 +7,7 @@ import math
 import numpy as np
 import pytest
 
+from scalescope import config as C
 from scalescope.emergence.cli import record_forecast
 from scalescope.report import Context, build_sections
 from scalescope.rundir import RunDir
@@ -72,12 +73,41 @@ def test_capability_panel_draws_both_metrics_and_a_forecast(tmp_path):
     assert rec["id"] in sec.body and "pending" in sec.body
 
 
+def _pool_run(st: Store, m: int, fresh_model: float, pool_model: float) -> str:
+    """A finished regression run with a pool of ``m`` tasks and flat error curves over k = 0 .. 3, whose k = 0
+    entry (no examples: the prior's error, 1.0) the panel must leave out of its mean over k >= 1."""
+    cfg = C.from_dict({"data": {"kind": "linear_regression", "dim": 3, "task_pool": m}})
+    rd = st.add(cfg, experiment="fake")
+    rd.write_status("finished", step=10, experiment="fake")
+    curves = {"fresh/error_by_k/model": fresh_model, "fresh/error_by_k/pool_posterior": fresh_model + 0.1,
+              "fresh/error_by_k/ridge": 0.25, "error_by_k/model": pool_model}
+    for name, v in curves.items():
+        rd.save_artifact("icl_regression/" + name, 10, np.array([1.0, v, v, v]))
+    return rd.id
+
+
+def test_task_diversity_panel_puts_fresh_error_against_the_pool_size(tmp_path):
+    st = Store(tmp_path / "s").ensure_writable()
+    _pool_run(st, 2, fresh_model=1.3, pool_model=0.09)
+    _pool_run(st, 8192, fresh_model=0.26, pool_model=0.24)
+    sec = _one(_ctx(st.path), "task_diversity")
+    assert sec.skipped is None, sec.skipped
+    assert sec.body.count("<img") == 1
+    # Rows sorted by M: M = 2 (model 1.300, dMMSE 1.400, ridge 0.250, own tasks 0.090), then M = 8,192.
+    body = sec.body.replace('<td class="num">', "<td>")
+    assert body.index("<td>2</td>") < body.index("<td>8192</td>")
+    for v in ("1.300", "1.400", "0.250", "0.090", "0.260", "0.360", "0.240"):
+        assert f"<td>{v}</td>" in body, v
+    assert "1.000" not in body  # k = 0 is not averaged in
+
+
 def test_panels_skip_with_reasons_on_a_plain_store(tmp_path):
     st = Store(tmp_path / "s").ensure_writable()
     fake_run(st, 32, 1e4, {"val_loss": 2.0})
     ctx = _ctx(st.path)
     reasons = {s.key: s.skipped for s in build_sections(ctx, ["icl_induction", "icl_regression_error",
-                                                               "capability_scale"])}
+                                                               "task_diversity", "capability_scale"])}
     assert "instruments.icl" in reasons["icl_induction"]
     assert "instruments.icl_regression" in reasons["icl_regression_error"]
+    assert "data.task_pool" in reasons["task_diversity"]
     assert "capability metric" in reasons["capability_scale"]

@@ -1,8 +1,9 @@
 """Report panels for emergence (issue 5): the in-context-learning score against step with the induction
 (prefix-matching) score overlaid (Olsson et al. 2022, fig. "phase change"); in-context regression error
-against the number of examples beside exact baselines (Garg et al. 2022, fig. 2); and each capability
-against scale with its discontinuous and continuous metric, the fitted sigmoid and smooth trend, and any
-recorded crossing forecast (Schaeffer et al. 2023; :mod:`scalescope.emergence.cli`).
+against the number of examples beside exact baselines (Garg et al. 2022, fig. 2); fresh-task error against
+the number of pretraining tasks M beside the pool's posterior mean and ridge (Raventós et al. 2023, fig. 1);
+and each capability against scale with its discontinuous and continuous metric, the fitted sigmoid and
+smooth trend, and any recorded crossing forecast (Schaeffer et al. 2023; :mod:`scalescope.emergence.cli`).
 
 Each panel raises :class:`Skip` with the reason when the store has no such measurements.
 """
@@ -27,6 +28,7 @@ from .panels import _g, _tidy_log
 ICL = "icl/score"
 PREFIX = "induction/max_prefix_matching"
 ERROR_PREFIX = "icl_regression/error_by_k/"  # the icl_regression instrument's artifacts, one per curve
+FRESH_PREFIX = "icl_regression/fresh/error_by_k/"  # the same on fresh tasks, for runs with a task pool
 MAX_RUN_AXES = 12  # small multiples per figure; further runs are listed as left out
 BASELINE_STYLE = {
     "least_squares": ("0.2", "--"), "ridge": ("tab:purple", "--"), "pool_posterior": ("tab:green", "--"),
@@ -64,6 +66,14 @@ def _grid(n: int) -> tuple[int, int]:
     return math.ceil(n / cols), cols
 
 
+def _run_axes(ctx: Context, ids: list[str], height: float) -> tuple[Figure, list[str], list[Any]]:
+    """One small axes per run, smallest model first, at most ``MAX_RUN_AXES``: (figure, shown ids, axes)."""
+    shown = _by_size(ctx, ids)[:MAX_RUN_AXES]
+    nr, nc = _grid(len(shown))
+    fig = Figure(figsize=(4.2 * nc, height * nr), layout="constrained")
+    return fig, shown, list(fig.subplots(nr, nc, squeeze=False).flat)
+
+
 def _left_out(ids: list[str]) -> str:
     return (f"<p class='note'>{len(ids) - MAX_RUN_AXES} more runs left out of the figure: "
             f"{html.escape(', '.join(ids[MAX_RUN_AXES:]))}.</p>" if len(ids) > MAX_RUN_AXES else "")
@@ -78,12 +88,9 @@ def icl_induction(ctx: Context) -> str | None:
     if not have:
         raise Skip("no run measured the in-context-learning score (instruments.icl)")
     ids = _by_size(ctx, sorted(have))
-    shown = ids[:MAX_RUN_AXES]
-    nr, nc = _grid(len(shown))
-    fig = Figure(figsize=(4.2 * nc, 2.9 * nr), layout="constrained")
-    axes = fig.subplots(nr, nc, squeeze=False)
+    fig, shown, axes = _run_axes(ctx, ids, height=2.9)
     rows = []
-    for ax, rid in zip(axes.flat, shown, strict=False):
+    for ax, rid in zip(axes, shown, strict=False):
         s, v = _series(ctx, rid, ICL)
         ax.plot(np.maximum(s, 1), v, color="tab:blue", marker=".", lw=1.4, label="ICL score (nats)")
         ax.set_xscale("log")
@@ -108,7 +115,7 @@ def icl_induction(ctx: Context) -> str | None:
                      _g(pc.get("induction_step"), ".0f"), _g(pc.get("induction_transition_step"), ".0f"),
                      _g(pc.get("icl_transition_step"), ".0f"), _g(pc.get("icl_before"), ".3f"),
                      _g(pc.get("icl_after"), ".3f")])
-    for ax in list(axes.flat)[len(shown):]:
+    for ax in axes[len(shown):]:
         ax.set_visible(False)
     note = ("<p class='note'>ICL score: loss late in the context minus loss early (Olsson et al. 2022; more "
             "negative is more in-context learning), blue. Red dashed: the best head's prefix-matching score "
@@ -122,10 +129,10 @@ def icl_induction(ctx: Context) -> str | None:
 # --- (b) in-context regression error against k, with baselines ----------------------------------------------
 
 
-def error_curves(store: Path, rid: str) -> tuple[int, dict[str, np.ndarray]] | None:
-    """The last step's ``error_by_k/<name>`` artifacts of one run: (step, name -> (K,) array), or None."""
+def error_curves(store: Path, rid: str, prefix: str = ERROR_PREFIX) -> tuple[int, dict[str, np.ndarray]] | None:
+    """The last step's ``<prefix><name>`` artifacts of one run: (step, name -> (K,) array), or None."""
     folder = RunDir(store / "runs" / rid).path / "artifacts"
-    prefix = ERROR_PREFIX.replace("/", "_")
+    prefix = prefix.replace("/", "_")
     if not folder.is_dir():
         return None
     by_name: dict[str, dict[int, Path]] = {}
@@ -145,12 +152,9 @@ def icl_regression_error(ctx: Context) -> str | None:
     if not found:
         raise Skip("no run saved icl_regression error curves (instruments.icl_regression)")
     ids = _by_size(ctx, sorted(found))
-    shown = ids[:MAX_RUN_AXES]
-    nr, nc = _grid(len(shown))
-    fig = Figure(figsize=(4.2 * nc, 3.0 * nr), layout="constrained")
-    axes = fig.subplots(nr, nc, squeeze=False)
+    fig, shown, axes = _run_axes(ctx, ids, height=3.0)
     rows = []
-    for ax, rid in zip(axes.flat, shown, strict=False):
+    for ax, rid in zip(axes, shown, strict=False):
         step, curves = found[rid]
         k = np.arange(len(curves["model"]))
         for name, c in sorted(curves.items(), key=lambda kv: kv[0] != "model"):
@@ -170,13 +174,58 @@ def icl_regression_error(ctx: Context) -> str | None:
         rows.append([_label(ctx, rid), step, kk,
                      *[_g(float(curves[n][kk]), ".3f") if n in curves else "-"
                        for n in ("model", "least_squares", "ridge", "nearest_3", "averaging")]])
-    for ax in list(axes.flat)[len(shown):]:
+    for ax in axes[len(shown):]:
         ax.set_visible(False)
     note = ("<p class='note'>Error of the prediction of y_{k+1} from k in-context (x, y) pairs, divided by the "
             "dimension (Garg et al. 2022, fig. 2), at each run's last saved step; dashed and dotted: exact "
             "baselines on the same prompts (min-norm least squares, ridge, 3-nearest neighbours, averaging).</p>")
     head = ["run", "step", "k", "model", "least squares", "ridge", "3-NN", "averaging"]
     return figure(fig, "regression error against in-context examples") + note + _left_out(ids) + table(head, rows)
+
+
+@panel("task_diversity", title="Task diversity: from the pool's posterior mean to ridge", order=86)
+def task_diversity(ctx: Context) -> str | None:
+    """Raventós et al. 2023, fig. 1: mean error over k >= 1 on fresh tasks against the pool size M, for the
+    model and the two Bayes predictors (the pool's posterior mean, optimal for pretraining; ridge, optimal
+    for fresh Gaussian tasks), and the model on its own pool's tasks."""
+    skip = Skip("needs runs at two or more task-pool sizes (data.task_pool) with fresh-task error curves "
+                "(instruments.icl_regression)")
+    if "data.task_pool" not in ctx.runs:
+        raise skip
+    pools = pd.to_numeric(ctx.runs["data.task_pool"], errors="coerce")
+    pts = []
+    for rid, m in zip(map(str, ctx.runs["id"]), pools, strict=True):
+        fresh = error_curves(ctx.store, rid, FRESH_PREFIX) if m > 0 else None
+        if fresh is not None:
+            own = error_curves(ctx.store, rid)
+            mean = {n: float(np.nanmean(c[1:])) for n, c in fresh[1].items()}
+            pts.append((int(m), rid, fresh[0], mean, float(np.nanmean(own[1]["model"][1:])) if own else math.nan))
+    if len({p[0] for p in pts}) < 2:
+        raise skip
+    pts.sort(key=lambda p: (p[0], p[1]))
+    fig = Figure(figsize=(6.4, 4.2), layout="constrained")
+    ax = fig.subplots()
+    ms = sorted({p[0] for p in pts})
+    styles = [("model", "model, fresh tasks", "tab:blue", "-", "o"),
+              ("pool_posterior", "pool posterior mean (dMMSE), fresh tasks", "tab:green", "--", "s"),
+              ("ridge", "ridge (Bayes for fresh tasks)", "tab:purple", "--", "^")]
+    for name, label, color, ls, marker in styles:
+        per_m = [[p[3].get(name, math.nan) for p in pts if p[0] == m] for m in ms]
+        ax.plot(ms, [np.nanmean(v) for v in per_m], color=color, ls=ls, marker=marker, label=label)
+    ax.plot(ms, [np.nanmean([p[4] for p in pts if p[0] == m]) for m in ms], color="tab:blue", ls=":",
+            marker=".", label="model, its pool's tasks")
+    ax.set_xscale("log")
+    ax.set_xlabel("pretraining tasks M")
+    ax.set_ylabel("mean normalized error over k >= 1")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    rows = [[m, rid, step, *[_g(mean.get(n, math.nan), ".3f") for n in ("model", "pool_posterior", "ridge")],
+             _g(own, ".3f")] for m, rid, step, mean, own in pts]
+    note = ("<p class='note'>Small pools: the model follows the pool's posterior mean and fails on tasks outside "
+            "the pool; large pools: it follows ridge. The crossover is where the model's fresh-task error leaves "
+            "the posterior mean's curve for ridge's (Raventós et al. 2023).</p>")
+    head = ["M", "run", "step", "model (fresh)", "dMMSE (fresh)", "ridge (fresh)", "model (pool tasks)"]
+    return figure(fig, "fresh-task error against the number of pretraining tasks") + note + table(head, rows)
 
 
 # --- (c) each capability against scale -------------------------------------------------------------------
@@ -209,7 +258,7 @@ def _scale(ctx: Context) -> list[dict[str, Any]]:
     return ctx.cached("emergence_scale", lambda: scale_analysis(ctx.runs, bootstrap=ctx.bootstrap, seed=ctx.seed))
 
 
-@panel("capability_scale", title="Capabilities against scale: both metrics, fits and forecasts", order=86)
+@panel("capability_scale", title="Capabilities against scale: both metrics, fits and forecasts", order=87)
 def capability_scale(ctx: Context) -> str | None:
     from ..emergence.cli import CAPABILITIES, SCALE_COLUMNS
     from ..emergence.transitions import RECORD_KIND
