@@ -30,6 +30,7 @@ class ConfigError(ValueError):
     def __init__(self, message: str, *, file: str | Path | None = None, field: str | None = None):
         self.file = None if file is None else str(file)
         self.field = field
+        self.message = message
         parts = [p for p in (self.file, field) if p]
         super().__init__(": ".join([*parts, message]))
 

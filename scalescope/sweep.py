@@ -81,6 +81,7 @@ def expand(raw: dict[str, Any], file: str | None = None) -> list[C.RunConfig]:
             if e.field in swept:
                 raise C.ConfigError(str(e).split(f"{e.field}: ", 1)[-1], file=file, field=f"sweep.{e.field}") from None
             raise
+    _check_instruments(runs, file)
     seen: dict[str, int] = {}
     unique = []
     for cfg in runs:  # identical configs (e.g. a swept field that another overrides) run once
@@ -89,6 +90,18 @@ def expand(raw: dict[str, Any], file: str | None = None) -> list[C.RunConfig]:
             seen[rid] = len(unique)
             unique.append(cfg)
     return unique
+
+
+def _check_instruments(runs: list[C.RunConfig], file: str | None) -> None:
+    """Each run's instruments against its config (unknown names, bad options, a source an instrument cannot
+    measure, positions past the context), so that such a mistake is one line before any run starts."""
+    from . import instruments
+
+    for cfg in runs:
+        try:
+            instruments.check(cfg)
+        except C.ConfigError as e:
+            raise C.ConfigError(e.message, file=file, field=e.field) from None
 
 
 def load_experiment(path: str | Path) -> Experiment:

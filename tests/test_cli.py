@@ -73,6 +73,30 @@ def test_bad_input_is_one_line(tmp_path, toml, expected):
     assert len(lines) == 1 and lines[0].startswith("error: ") and expected in lines[0] and "bad.toml" in lines[0]
 
 
+@pytest.mark.parametrize(
+    "toml, expected",
+    [
+        ("[instruments.param_nrm]\n", "instruments.param_nrm: unknown instrument; did you mean 'param_norm'"),
+        ("[instruments.task_id]\n", "instruments.task_id: task_id needs a discrete_tasks source"),
+        ("[instruments.fewshot]\n", "instruments.fewshot: fewshot needs a bursty_classification source"),
+        ("[instruments.icl_regression]\n", "icl_regression needs a linear_regression source"),
+        ("[model]\nseq_len = 16\n[instruments.icl]\nlate = 40\n", "instruments.icl: the context (seq_len 16) is too short"),
+        ("[instruments.icl]\nn_batches = 0\n", "instruments.icl.n_batches"),
+        ('[data]\nkind = "linear_regression"\n[instruments.induction]\n',
+         "instruments.induction: induction needs token data, but data.kind = 'linear_regression' gives the model"),
+    ],
+)
+def test_instrument_mistakes_fail_before_any_run(tmp_path, capsys, toml, expected):
+    """Each is one line naming the file, exit 2, and no run directory: checked when the experiment loads
+    (scalescope.instruments.check), not in the worker after the run has started."""
+    p = tmp_path / "bad.toml"
+    p.write_text('name = "x"\n' + toml)
+    assert main(["run", str(p), "--store", str(tmp_path / "s"), "--quiet"]) == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and expected in lines[0] and "bad.toml" in lines[0]
+    assert not (tmp_path / "s" / "runs").exists()
+
+
 def test_missing_and_empty_data_files(tmp_path, capsys):
     for path, expected in ((tmp_path / "none.txt", "no such file or directory"), (tmp_path / "empty.txt", "no text")):
         if path.name == "empty.txt":

@@ -119,6 +119,37 @@ def build(spec: dict[str, dict[str, Any]]) -> list[Instrument]:
     return out
 
 
+def check(cfg: Any) -> None:
+    """What the run config alone shows to be wrong with its instruments, raised as :class:`ConfigError`
+    before any run starts: an unknown name, bad options (:func:`build`), and each probe's own
+    ``check_config(cfg)`` hook where it has one (a data source it cannot measure, positions past the
+    context). Training calls :func:`build` again; the probes themselves still check what they are given."""
+    for ins in build(cfg.instruments):
+        hook = getattr(ins.probe, "check_config", None)
+        if hook is not None:
+            hook(cfg)
+
+
+def check_token_input(cfg: Any, name: str) -> None:
+    """Instrument ``name`` reads token sequences: a run whose model reads vectors (``model.input_dim``, set by
+    the regression and bursty-classification sources) cannot give them."""
+    if cfg.model.input_dim is not None:
+        raise ConfigError(f"{name} needs token data, but data.kind = {cfg.data.kind!r} gives the model vectors",
+                          field=f"instruments.{name}")
+
+
+def requires_data_kind(probe: Probe, kind: str, name: str) -> Probe:
+    """Give ``probe`` a ``check_config`` hook: instrument ``name`` measures only ``data.kind = kind`` runs."""
+
+    def check_config(cfg: Any) -> None:
+        if cfg.data.kind != kind:
+            raise ConfigError(f"{name} needs a {kind} source (data.kind = '{kind}'), not {cfg.data.kind!r}",
+                              field=f"instruments.{name}")
+
+    probe.check_config = check_config  # type: ignore[attr-defined]
+    return probe
+
+
 # Built-in instrument modules register themselves on import; imported on first use, so a module being
 # absent (or slow to import) costs nothing until an experiment names one of its instruments.
 BUILTIN_MODULES = ("basic", "noise_scale", "curvature", "covariance", "icl", "induction", "icl_regression",

@@ -31,7 +31,7 @@ import numpy as np
 import torch
 
 from ..config import ConfigError
-from . import ProbeContext, register
+from . import ProbeContext, register, requires_data_kind
 
 __all__ = ["add_probe_command", "fewshot_metrics", "probe_run"]
 
@@ -124,7 +124,7 @@ def make(n_batches: int = 2) -> Any:
         return fewshot_metrics(ctx.model, ctx.source, seq_len=ctx.seq_len, n_batches=n_batches,
                                batch_size=ctx.batch_size, device=ctx.device)
 
-    return probe
+    return requires_data_kind(probe, "bursty_classification", "fewshot")
 
 
 # --------------------------------------------------------------------------------------------------

@@ -27,7 +27,7 @@ import torch
 import torch.nn.functional as F
 
 from ..config import ConfigError
-from . import ProbeContext, register
+from . import ProbeContext, check_token_input, register
 
 __all__ = ["add_probe_command", "icl_curves", "icl_summary", "probe_run", "resolve_positions"]
 
@@ -146,6 +146,11 @@ def make_icl(early: int | None = None, late: int | None = None, n_batches: int =
         out.update({k: v.astype(np.float32) for k, v in curves.items()})
         return out
 
+    def check_config(cfg: Any) -> None:  # when the experiment loads, not when the run starts
+        check_token_input(cfg, "icl")
+        resolve_positions(cfg.model.seq_len, early, late)
+
+    probe.check_config = check_config  # type: ignore[attr-defined]
     return probe
 
 

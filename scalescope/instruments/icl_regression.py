@@ -30,7 +30,7 @@ import torch
 
 from ..baselines import BASELINES
 from ..config import ConfigError
-from . import ProbeContext, register
+from . import ProbeContext, register, requires_data_kind
 
 __all__ = ["add_probe_command", "error_by_k", "probe_run"]
 
@@ -112,7 +112,7 @@ def make(n_batches: int = 2, baselines: list[str] | None = None) -> Any:
         return _measure(ctx.model, ctx.source, seq_len=ctx.seq_len, n_batches=n_batches,
                         batch_size=ctx.batch_size, device=ctx.device, baselines=chosen)
 
-    return probe
+    return requires_data_kind(probe, "linear_regression", "icl_regression")
 
 
 # --------------------------------------------------------------------------------------------------

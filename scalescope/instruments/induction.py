@@ -39,7 +39,7 @@ import torch
 import torch.nn.functional as F
 
 from ..config import ConfigError
-from . import ProbeContext, register
+from . import ProbeContext, check_token_input, register
 
 __all__ = [
     "RepeatedProbe",
@@ -228,6 +228,7 @@ def make_induction(n_sequences: int = 64, seed: int = 0, per_head: bool = True):
         n_heads = scores["prefix_matching"].size
         return _flatten(scores, per_head and n_heads <= MAX_HEAD_METRICS)
 
+    probe.check_config = lambda cfg: check_token_input(cfg, "induction")  # type: ignore[attr-defined]
     return probe
 
 
@@ -242,6 +243,7 @@ def probe_run(run_dir: str, step: int | None = None, *, n_sequences: int = 64, s
     if n_sequences < 1:
         raise ConfigError(f"expected a positive integer, got {n_sequences}", field="--n-sequences")
     run = load_run(run_dir, step)
+    check_token_input(run.cfg, "induction")
     probe = RepeatedProbe(_vocab(run.source), run.cfg.model.seq_len, n_sequences, seed)
     with torch.random.fork_rng(devices=[]):
         s = induction_scores(run.model, probe, run.device)

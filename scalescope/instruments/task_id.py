@@ -33,7 +33,7 @@ import torch
 import torch.nn.functional as F
 
 from ..config import ConfigError
-from . import ProbeContext, register
+from . import ProbeContext, register, requires_data_kind
 
 __all__ = ["DEFAULT_TARGET", "add_probe_command", "demos_needed", "probe_run", "reference_prompts", "summary",
            "task_id_curves"]
@@ -165,7 +165,7 @@ def make(n_batches: int = 2, target: float = DEFAULT_TARGET, ks: list[int] | Non
         out.update(summary(curves, float(target), ks))
         return out
 
-    return probe
+    return requires_data_kind(probe, "discrete_tasks", "task_id")
 
 
 # --------------------------------------------------------------------------------------------------
