@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import hashlib
+import importlib
 import json
 import math
 import sys
@@ -373,14 +374,19 @@ def validate(cfg: RunConfig, file: str | None = None) -> RunConfig:
                 field="data.n_triggers",
             )
     _validate_regression(cfg, file)
-    if d.kind == "discrete_tasks":
-        from .data.discrete_tasks import resolve_config
-
-        resolve_config(cfg, file)
+    if d.kind in SOURCE_RESOLVERS:
+        importlib.import_module(f"scalescope.data.{SOURCE_RESOLVERS[d.kind]}").resolve_config(cfg, file)
     for name, opts in cfg.instruments.items():
         if not isinstance(opts, dict):
             raise ConfigError(f"expected a table of options, got {opts!r}", file=file, field=f"instruments.{name}")
     return cfg
+
+
+# Task sources that fill in and check their own fields with ``resolve_config(cfg, file)`` in their module under
+# scalescope/data (imported only when a config uses them); a vector-token one also sets model.input_dim.
+SOURCE_RESOLVERS = {"discrete_tasks": "discrete_tasks", "bursty_classification": "bursty"}
+# Sources whose tokens are vectors read in through model.input_dim (the model's float-input mode).
+VECTOR_KINDS = ("linear_regression", "bursty_classification")
 
 
 def _validate_regression(cfg: RunConfig, file: str | None) -> None:
@@ -390,14 +396,9 @@ def _validate_regression(cfg: RunConfig, file: str | None) -> None:
         if d.noise_std != 0.0:
             raise ConfigError(f"only applies to kind = 'linear_regression', not {d.kind!r}", file=file,
                               field="data.noise_std")
-        if d.kind == "bursty_classification":  # resolves model.input_dim to item_dim + n_labels
-            from .data.bursty import resolve_config
-
-            resolve_config(cfg, file)
-            return
-        if m.input_dim is not None:
-            raise ConfigError(f"float inputs need a vector-token source (linear_regression, bursty_classification), "
-                              f"not {d.kind!r}", file=file, field="model.input_dim")
+        if m.input_dim is not None and d.kind not in VECTOR_KINDS:
+            raise ConfigError(f"float inputs need a vector-token source ({', '.join(VECTOR_KINDS)}), not {d.kind!r}",
+                              file=file, field="model.input_dim")
         return
     if d.dim is None:
         d.dim = 5

@@ -103,11 +103,12 @@ def build_source(data_cfg: DataConfig, seed: int) -> Source:
                               "(validate the config first)", field="data.seq_len")
         return _discrete(d.n_tasks, d.n_inputs, d.n_outputs, d.seq_len, d.vocab_size, d.seed).with_stream_seed(seed)
     if d.kind == "bursty_classification":
-        if d.seq_len is None or d.n_classes is None or d.n_labels is None or d.item_dim is None:
-            raise ConfigError("a bursty_classification source needs its seq_len, n_classes, n_labels and item_dim "
-                              "(validate the config first)", field="data.seq_len")
+        fields = ("seq_len", "n_classes", "n_labels", "item_dim", "context_pairs", "within_class_noise",
+                  "zipf_exponent", "burstiness", "p_bursty")
+        if any(getattr(d, f) is None for f in fields):  # resolved by data.bursty.resolve_config
+            raise ConfigError(f"a bursty_classification source needs its {', '.join(fields)} (validate the config "
+                              "first)", field="data.seq_len")
         return _bursty(d.n_classes, d.n_labels, d.item_dim, d.seq_len, d.context_pairs,
-                       float(d.within_class_noise if d.within_class_noise is not None else 0.1),
-                       float(d.zipf_exponent or 0.0), d.burstiness,
-                       float(d.p_bursty if d.p_bursty is not None else 1.0), d.seed).with_stream_seed(seed)
+                       float(d.within_class_noise), float(d.zipf_exponent), d.burstiness, float(d.p_bursty),
+                       d.seed).with_stream_seed(seed)
     raise ConfigError(f"unknown data kind {d.kind!r}", field="data.kind")

@@ -524,8 +524,6 @@ def main(argv: list[str] | None = None, prog: str = "scalescope emergence", lega
     p = argparse.ArgumentParser(prog=prog, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     _add_arguments(p)
     args = p.parse_args(argv)
-    if args.bootstrap is None and args.metric:
-        args.bootstrap = 500
     try:
         if legacy_json and args.json and not (args.metric or args.forecast):
             print(json.dumps(phase_rows(args.store, args.threshold if args.threshold is not None else 0.4),

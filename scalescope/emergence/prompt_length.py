@@ -40,7 +40,6 @@ from scipy.optimize import OptimizeWarning, curve_fit
 __all__ = ["FORMS", "GrowthComparison", "GrowthFit", "analyze", "compare_growth", "demos_table", "fit_form"]
 
 PREFIX = "task_id/"
-SERIES = ("seen/model", "seen/ideal", "seen/lookup", "unseen/model", "unseen/ideal")
 
 
 def _constant(K: np.ndarray, a: float) -> np.ndarray:

@@ -57,7 +57,7 @@ def _context_label(labels: np.ndarray) -> np.ndarray:
     """Expected accuracy of guessing uniformly among the distinct labels of the context: 1 / (their number)
     when the query's label is among them, else 0 (labels (n, N+1), query last)."""
     ctx, q = labels[:, :-1], labels[:, -1]
-    distinct = np.array([len(np.unique(r)) for r in ctx], dtype=np.float64)
+    distinct = 1 + (np.diff(np.sort(ctx, axis=1), axis=1) != 0).sum(1)
     return (ctx == q[:, None]).any(1) / distinct
 
 
