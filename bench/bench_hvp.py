@@ -41,8 +41,17 @@ def _timeit(fn: Callable[[], object]) -> float:
     return time.perf_counter() - t0
 
 
-def bench_hvp(n_layer: int = 4, d_model: int = 144, n_head: int = 4, seq_len: int = 128, batch: int = 32,
-              vocab: int = 256, repeats: int = 5, batch_k: int = 4, linearize: bool = True) -> dict:
+def bench_hvp(
+    n_layer: int = 4,
+    d_model: int = 144,
+    n_head: int = 4,
+    seq_len: int = 128,
+    batch: int = 32,
+    vocab: int = 256,
+    repeats: int = 5,
+    batch_k: int = 4,
+    linearize: bool = True,
+) -> dict:
     torch.manual_seed(0)
     cfg = ModelConfig(n_layer=n_layer, d_model=d_model, n_head=n_head, seq_len=seq_len, attention="math")
     model = GPT(cfg, vocab).eval()
@@ -90,8 +99,11 @@ def bench_hvp(n_layer: int = 4, d_model: int = 144, n_head: int = 4, seq_len: in
         torch.func.jvp(grad_f, primals, tangents)
 
     methods: dict[str, Callable[[], None]] = {
-        "grad (math)": grad_math, "grad (sdpa)": grad_sdpa, "double-backward, fresh": db_fresh,
-        "double-backward, reused graph": db_reuse, f"double-backward, batched x{batch_k} (per vector)": db_batched,
+        "grad (math)": grad_math,
+        "grad (sdpa)": grad_sdpa,
+        "double-backward, fresh": db_fresh,
+        "double-backward, reused graph": db_reuse,
+        f"double-backward, batched x{batch_k} (per vector)": db_batched,
         "forward-over-reverse": fwd_rev,
     }
     per_vector = {f"double-backward, batched x{batch_k} (per vector)": batch_k}
@@ -118,11 +130,16 @@ def bench_hvp(n_layer: int = 4, d_model: int = 144, n_head: int = 4, seq_len: in
     med = {k: statistics.median(t) for k, t in times.items()}
     base = med["grad (math)"]
     return {
-        "shape": f"L{n_layer} d{d_model} T{seq_len} B{batch} V{vocab}", "params": n,
-        "threads": torch.get_num_threads(), "torch": torch.__version__, "machine": platform.machine(),
-        "seconds": med, "ratio_to_grad_math": {k: t / base for k, t in med.items()},
+        "shape": f"L{n_layer} d{d_model} T{seq_len} B{batch} V{vocab}",
+        "params": n,
+        "threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+        "machine": platform.machine(),
+        "seconds": med,
+        "ratio_to_grad_math": {k: t / base for k, t in med.items()},
         "ratio_to_grad_sdpa": {k: t / med["grad (sdpa)"] for k, t in med.items()},
-        "linearize_setup_s": lin_setup, "repeats": repeats,
+        "linearize_setup_s": lin_setup,
+        "repeats": repeats,
     }
 
 
@@ -141,8 +158,7 @@ def main() -> None:
     ap.add_argument("--json", action="store_true")
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
-    r = bench_hvp(a.n_layer, a.d_model, a.n_head, a.seq_len, a.batch, a.vocab, a.repeats, a.batch_k,
-                  not a.no_linearize)
+    r = bench_hvp(a.n_layer, a.d_model, a.n_head, a.seq_len, a.batch, a.vocab, a.repeats, a.batch_k, not a.no_linearize)
     if a.json:
         print(json.dumps(r, indent=1))
         return

@@ -59,8 +59,16 @@ def main() -> None:
     tcfg = TrainConfig(batch_size=args.batch)
     opt = make_optimizer(model, tcfg)
     dev = torch.device("cpu")
-    ctx = ProbeContext(model=model, optimizer=opt, source=src, step=0, seq_len=args.seq_len, batch_size=args.batch,
-                       device=dev, train_cfg=tcfg)
+    ctx = ProbeContext(
+        model=model,
+        optimizer=opt,
+        source=src,
+        step=0,
+        seq_len=args.seq_len,
+        batch_size=args.batch,
+        device=dev,
+        train_cfg=tcfg,
+    )
     plain = make_noise_scale(n_micro=args.n_micro)
     hess = make_noise_scale(n_micro=args.n_micro, hessian_every=1, hessian_batch_size=args.hessian_batch_size)
     hbs = args.hessian_batch_size or args.batch // args.n_micro
@@ -96,9 +104,11 @@ def main() -> None:
         t_hess.append(time.perf_counter() - t0)
     ts, tp, th = (statistics.median(x) for x in (t_step, t_plain, t_hess))
     n = sum(p.numel() for p in model.parameters())
-    print(f"torch {torch.__version__}, {platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
-          f"{args.threads} thread(s); model L{args.n_layer} d{args.d_model} T{args.seq_len}, {n / 1e6:.2f}M params, "
-          f"batch {args.batch}, probe {args.n_micro} micro-batches of {args.batch // args.n_micro}")
+    print(
+        f"torch {torch.__version__}, {platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
+        f"{args.threads} thread(s); model L{args.n_layer} d{args.d_model} T{args.seq_len}, {n / 1e6:.2f}M params, "
+        f"batch {args.batch}, probe {args.n_micro} micro-batches of {args.batch // args.n_micro}"
+    )
     print()
     print("| what | median s | × step |")
     print("|---|---|---|")
@@ -115,8 +125,10 @@ def main() -> None:
             ne = len(eval_steps(every, total))
             n10, n5 = len(range(0, ne, 10)), len(range(0, ne, 5))
             base = ts * total
-            print(f"| {total} | {every} | {ne} | {ne * tp / base:.1%} | {(ne * tp + n10 * (th - tp)) / base:.1%} | "
-                  f"{(ne * tp + n5 * (th - tp)) / base:.1%} | {ne * th / base:.1%} |")
+            print(
+                f"| {total} | {every} | {ne} | {ne * tp / base:.1%} | {(ne * tp + n10 * (th - tp)) / base:.1%} | "
+                f"{(ne * tp + n5 * (th - tp)) / base:.1%} | {ne * th / base:.1%} |"
+            )
 
 
 if __name__ == "__main__":

@@ -32,8 +32,13 @@ def main() -> None:
     args = ap.parse_args()
     rows = []
     for L, d, h, T, B in SHAPES:
-        rows.append((f"L{L} d{d} T{T} B{B}", "1 thread", bench_train(
-            n_layer=L, d_model=d, n_head=h, seq_len=T, batch=B, steps=args.steps, repeats=args.repeats)))
+        rows.append(
+            (
+                f"L{L} d{d} T{T} B{B}",
+                "1 thread",
+                bench_train(n_layer=L, d_model=d, n_head=h, seq_len=T, batch=B, steps=args.steps, repeats=args.repeats),
+            )
+        )
     if args.knobs:
         L, d, h, T, B = SHAPES[0]
         base = dict(n_layer=L, d_model=d, n_head=h, seq_len=T, batch=B, steps=args.steps, repeats=args.repeats)
@@ -46,9 +51,11 @@ def main() -> None:
     print("| " + " | ".join(hdr) + " |")
     print("|" + "---|" * len(hdr))
     for shape, knob, r in rows:
-        print(f"| {shape} | {knob} | {r['params_total'] / 1e6:.2f}M | {r['tokens_per_s']:,.0f} | "
-              f"{r['reference_tokens_per_s']:,.0f} | {r['speedup_vs_reference']:.2f} | {r['flops_per_s'] / 1e9:.1f} | "
-              f"{r['matmul_flops_per_s'] / 1e9:.1f} | {r['utilization']:.0%} |")
+        print(
+            f"| {shape} | {knob} | {r['params_total'] / 1e6:.2f}M | {r['tokens_per_s']:,.0f} | "
+            f"{r['reference_tokens_per_s']:,.0f} | {r['speedup_vs_reference']:.2f} | {r['flops_per_s'] / 1e9:.1f} | "
+            f"{r['matmul_flops_per_s'] / 1e9:.1f} | {r['utilization']:.0%} |"
+        )
 
 
 if __name__ == "__main__":

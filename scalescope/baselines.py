@@ -22,7 +22,12 @@ from __future__ import annotations
 import numpy as np
 
 __all__ = [
-    "BASELINES", "averaging", "least_squares", "nearest_neighbours", "pool_posterior_mean", "ridge",
+    "BASELINES",
+    "averaging",
+    "least_squares",
+    "nearest_neighbours",
+    "pool_posterior_mean",
+    "ridge",
 ]
 
 
@@ -34,8 +39,9 @@ def least_squares(xs: np.ndarray, ys: np.ndarray, x_query: np.ndarray) -> float:
     return float(w @ x_query)
 
 
-def ridge(xs: np.ndarray, ys: np.ndarray, x_query: np.ndarray, *, noise_std: float = 0.0,
-          prior_std: float = 1.0) -> float:
+def ridge(
+    xs: np.ndarray, ys: np.ndarray, x_query: np.ndarray, *, noise_std: float = 0.0, prior_std: float = 1.0
+) -> float:
     """Posterior mean under w ~ N(0, prior_std² I), y = w·x + N(0, noise_std²):
     ŵ = (XᵀX + λI)⁻¹ Xᵀy with λ = noise_std² / prior_std². With no noise this is min-norm least squares
     (its λ → 0 limit), which is then the exact posterior mean."""
@@ -50,8 +56,9 @@ def ridge(xs: np.ndarray, ys: np.ndarray, x_query: np.ndarray, *, noise_std: flo
     return float(w @ x_query)
 
 
-def pool_posterior_mean(xs: np.ndarray, ys: np.ndarray, x_query: np.ndarray, pool: np.ndarray, *,
-                        noise_std: float = 0.0, tol: float = 1e-8) -> float:
+def pool_posterior_mean(
+    xs: np.ndarray, ys: np.ndarray, x_query: np.ndarray, pool: np.ndarray, *, noise_std: float = 0.0, tol: float = 1e-8
+) -> float:
     """Posterior mean of w·x_query when w is uniform over the rows of ``pool`` (M, d) and
     y = w·x + N(0, noise_std²). With noise_std = 0 the posterior is uniform over the tasks whose residual
     is (within ``tol`` relative) the smallest: the ones consistent with the prompt."""
@@ -90,7 +97,8 @@ BASELINES = {
     "least_squares": lambda xs, ys, xq, noise_std, pool: least_squares(xs, ys, xq),
     "ridge": lambda xs, ys, xq, noise_std, pool: ridge(xs, ys, xq, noise_std=noise_std),
     "pool_posterior": lambda xs, ys, xq, noise_std, pool: (
-        float("nan") if pool is None else pool_posterior_mean(xs, ys, xq, pool, noise_std=noise_std)),
+        float("nan") if pool is None else pool_posterior_mean(xs, ys, xq, pool, noise_std=noise_std)
+    ),
     "nearest_3": lambda xs, ys, xq, noise_std, pool: nearest_neighbours(xs, ys, xq, n=3),
     "averaging": lambda xs, ys, xq, noise_std, pool: averaging(xs, ys, xq),
 }

@@ -93,8 +93,9 @@ def bench_train(
     of ``steps`` steps (after warmup), plus the matmul rate. FLOP/s counts the matmul FLOPs really done
     (6N + 12 L T d + the unembedding, see :func:`scalescope.model.matmul_flops_per_token`)."""
     torch.set_num_threads(threads)
-    dev = torch.device("cuda" if device == "auto" and torch.cuda.is_available() else
-                       ("cpu" if device == "auto" else device))
+    dev = torch.device(
+        "cuda" if device == "auto" and torch.cuda.is_available() else ("cpu" if device == "auto" else device)
+    )
     torch.manual_seed(0)
     mcfg = ModelConfig(n_layer=n_layer, d_model=d_model, n_head=n_head, seq_len=seq_len)
     tcfg = TrainConfig(batch_size=batch)

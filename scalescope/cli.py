@@ -30,8 +30,7 @@ def resolve_experiment(arg: str) -> Path:
     builtin = _experiment_path(f"{arg}.toml")
     if builtin.is_file():
         return builtin
-    raise C.ConfigError(f"no such file, and not a built-in experiment ({', '.join(builtin_experiments())})",
-                        file=arg)
+    raise C.ConfigError(f"no such file, and not a built-in experiment ({', '.join(builtin_experiments())})", file=arg)
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -85,8 +84,10 @@ def cmd_demo(args: argparse.Namespace) -> int:
     print(f"Results are in {store.path}/. Look at them with:")
     print(f"  scalescope runs {store.path}")
     print(f"  scalescope export {store.path} --format csv")
-    hints = [(f"scalescope fit chinchilla --store {store.path}", "L(N, D) = E + A/N^alpha + B/D^beta"),
-             (f"scalescope report {store.path} --out report.html", "one self-contained HTML page")]
+    hints = [
+        (f"scalescope fit chinchilla --store {store.path}", "L(N, D) = E + A/N^alpha + B/D^beta"),
+        (f"scalescope report {store.path} --out report.html", "one self-contained HTML page"),
+    ]
     width = max(len(cmd) for cmd, _ in hints)
     for cmd, why in hints:
         print(f"  {cmd:<{width}}   # {why}")
@@ -95,9 +96,15 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def _runs_table(runs) -> str:
-    cols = [("id", "id", "{}"), ("status", "status", "{}"), ("params_nonembedding", "N (non-emb)", "{:,.0f}"),
-            ("tokens", "tokens", "{:,.0f}"), ("flops", "FLOPs", "{:.3g}"),
-            ("final_val_loss", "val loss", "{:.4f}"), ("entropy_rate", "entropy", "{:.4f}")]
+    cols = [
+        ("id", "id", "{}"),
+        ("status", "status", "{}"),
+        ("params_nonembedding", "N (non-emb)", "{:,.0f}"),
+        ("tokens", "tokens", "{:,.0f}"),
+        ("flops", "FLOPs", "{:.3g}"),
+        ("final_val_loss", "val loss", "{:.4f}"),
+        ("entropy_rate", "entropy", "{:.4f}"),
+    ]
     rows = [[h for _, h, _ in cols]]
     for rec in runs.to_dict(orient="records"):
         r = []
@@ -109,8 +116,9 @@ def _runs_table(runs) -> str:
                 r.append(str(v))
         rows.append(r)
     widths = [max(len(r[i]) for r in rows) for i in range(len(cols))]
-    return "\n".join("  ".join(c.rjust(w) if i > 1 else c.ljust(w) for i, (c, w) in enumerate(zip(r, widths)))
-                     for r in rows)
+    return "\n".join(
+        "  ".join(c.rjust(w) if i > 1 else c.ljust(w) for i, (c, w) in enumerate(zip(r, widths))) for r in rows
+    )
 
 
 def cmd_runs(args: argparse.Namespace) -> int:
@@ -143,8 +151,16 @@ def cmd_bench_train(args: argparse.Namespace) -> int:
             raise C.ConfigError(f"expected a positive integer, got {getattr(args, name)}", field=flag)
     if args.d_model % args.n_head:
         raise C.ConfigError(f"d_model ({args.d_model}) must be divisible by n_head ({args.n_head})", field="--d-model")
-    r = bench_train(n_layer=args.n_layer, d_model=args.d_model, n_head=args.n_head, seq_len=args.seq_len,
-                    batch=args.batch, steps=args.steps, threads=args.threads, repeats=args.repeats)
+    r = bench_train(
+        n_layer=args.n_layer,
+        d_model=args.d_model,
+        n_head=args.n_head,
+        seq_len=args.seq_len,
+        batch=args.batch,
+        steps=args.steps,
+        threads=args.threads,
+        repeats=args.repeats,
+    )
     if args.json:
         print(json.dumps(r, indent=1))
     else:
@@ -158,12 +174,17 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True)
 
     r = sub.add_parser("run", help="train every run of an experiment file (skips finished, resumes unfinished)")
-    r.add_argument("experiment", help="experiment TOML file, or a built-in one by name: "
-                   + ", ".join(builtin_experiments()))
+    r.add_argument(
+        "experiment", help="experiment TOML file, or a built-in one by name: " + ", ".join(builtin_experiments())
+    )
     r.add_argument("--store", required=True, help="store directory (created if missing)")
     r.add_argument("--workers", type=int, default=None, help="parallel runs (default: one per core)")
-    r.add_argument("--threads", type=int, default=None,
-                   help="threads per run (default: cores // workers; use 1 on a machine shared with other jobs)")
+    r.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="threads per run (default: cores // workers; use 1 on a machine shared with other jobs)",
+    )
     r.add_argument("--quiet", action="store_true", help="no progress line")
     r.set_defaults(fn=cmd_run)
 

@@ -40,8 +40,16 @@ class ConfigError(ValueError):
 class DataConfig:
     """Where tokens come from. ``kind`` picks the source; the other fields apply to some kinds."""
 
-    kind: Literal["markov", "hmm", "text", "repeated_spans", "markov_triggers", "linear_regression",
-                  "discrete_tasks", "bursty_classification"] = "markov"
+    kind: Literal[
+        "markov",
+        "hmm",
+        "text",
+        "repeated_spans",
+        "markov_triggers",
+        "linear_regression",
+        "discrete_tasks",
+        "bursty_classification",
+    ] = "markov"
     # The language itself (which random chain/HMM) is a function of this seed, not of the run seed.
     seed: int = 0
     # markov / hmm: number of token types.
@@ -108,10 +116,27 @@ class DataConfig:
 # Fields added after run ids were first published: left out of the hash while they hold their default, so
 # every run id computed before they existed stays the same (tests/test_tasks_repeat.py checks old ids).
 HASH_OMIT_IF_DEFAULT: dict[str, dict[str, Any]] = {
-    "data": {"span_min": None, "span_max": None, "n_triggers": None, "seq_len": None, "dim": None,
-             "noise_std": 0.0, "task_pool": None, "curriculum_steps": None, "n_tasks": None, "n_inputs": None,
-             "n_outputs": None, "n_classes": None, "n_labels": None, "item_dim": None, "context_pairs": None,
-             "within_class_noise": None, "zipf_exponent": None, "burstiness": None, "p_bursty": None},
+    "data": {
+        "span_min": None,
+        "span_max": None,
+        "n_triggers": None,
+        "seq_len": None,
+        "dim": None,
+        "noise_std": 0.0,
+        "task_pool": None,
+        "curriculum_steps": None,
+        "n_tasks": None,
+        "n_inputs": None,
+        "n_outputs": None,
+        "n_classes": None,
+        "n_labels": None,
+        "item_dim": None,
+        "context_pairs": None,
+        "within_class_noise": None,
+        "zipf_exponent": None,
+        "burstiness": None,
+        "p_bursty": None,
+    },
     "model": {"positions": "learned", "input_dim": None},
 }
 
@@ -289,11 +314,25 @@ def _positive(cfg: RunConfig, path: str, file: str | None, *, allow_none: bool =
 
 def validate(cfg: RunConfig, file: str | None = None) -> RunConfig:
     """Check the relations between fields that types alone cannot; raise :class:`ConfigError`."""
-    for p in ("model.n_layer", "model.d_model", "model.n_head", "model.seq_len", "model.init_std",
-              "train.lr", "train.batch_size", "train.eval_every", "train.eval_batches",
-              "train.checkpoint_every", "train.diverge_factor", "data.concentration",
-              "data.transition_concentration", "data.n_hidden", "data.vocab_size", "data.order",
-              "data.bpe_vocab_size"):
+    for p in (
+        "model.n_layer",
+        "model.d_model",
+        "model.n_head",
+        "model.seq_len",
+        "model.init_std",
+        "train.lr",
+        "train.batch_size",
+        "train.eval_every",
+        "train.eval_batches",
+        "train.checkpoint_every",
+        "train.diverge_factor",
+        "data.concentration",
+        "data.transition_concentration",
+        "data.n_hidden",
+        "data.vocab_size",
+        "data.order",
+        "data.bpe_vocab_size",
+    ):
         _positive(cfg, p, file)
     for p in ("model.d_mlp", "data.support", "train.micro_batch_size", "train.tokens", "train.flops"):
         _positive(cfg, p, file, allow_none=True)
@@ -310,7 +349,8 @@ def validate(cfg: RunConfig, file: str | None = None) -> RunConfig:
     if mb is not None and t.batch_size % mb:
         raise ConfigError(
             f"batch_size ({t.batch_size}) must be a multiple of micro_batch_size ({mb})",
-            file=file, field="train.micro_batch_size",
+            file=file,
+            field="train.micro_batch_size",
         )
     if t.warmup < 0:
         raise ConfigError(f"expected a number >= 0, got {t.warmup}", file=file, field="train.warmup")
@@ -332,14 +372,26 @@ def validate(cfg: RunConfig, file: str | None = None) -> RunConfig:
     if d.kind == "markov" and d.vocab_size**d.order > 4_000_000:
         raise ConfigError(
             f"vocab_size**order = {d.vocab_size**d.order} states is too many (at most 4,000,000)",
-            file=file, field="data.order",
+            file=file,
+            field="data.order",
         )
     # Task sources (induction): their layout depends on the context length, which they take from the model.
-    own_fields = {"repeated_spans": ("span_min", "span_max"), "markov_triggers": ("n_triggers",),
-                  "linear_regression": ("dim", "task_pool", "curriculum_steps"),
-                  "discrete_tasks": ("n_tasks", "n_inputs", "n_outputs"),
-                  "bursty_classification": ("n_classes", "n_labels", "item_dim", "context_pairs",
-                                            "within_class_noise", "zipf_exponent", "burstiness", "p_bursty")}
+    own_fields = {
+        "repeated_spans": ("span_min", "span_max"),
+        "markov_triggers": ("n_triggers",),
+        "linear_regression": ("dim", "task_pool", "curriculum_steps"),
+        "discrete_tasks": ("n_tasks", "n_inputs", "n_outputs"),
+        "bursty_classification": (
+            "n_classes",
+            "n_labels",
+            "item_dim",
+            "context_pairs",
+            "within_class_noise",
+            "zipf_exponent",
+            "burstiness",
+            "p_bursty",
+        ),
+    }
     for kind, names in [*own_fields.items(), (d.kind, ())]:
         for p in names if kind != d.kind else ():
             if getattr(d, p) is not None:
@@ -348,14 +400,16 @@ def validate(cfg: RunConfig, file: str | None = None) -> RunConfig:
         if d.seq_len is not None and d.seq_len != m.seq_len:
             raise ConfigError(
                 f"must equal model.seq_len ({m.seq_len}) or be omitted, got {d.seq_len}",
-                file=file, field="data.seq_len",
+                file=file,
+                field="data.seq_len",
             )
         d.seq_len = m.seq_len
         if d.vocab_size < 2:
             raise ConfigError(f"expected an integer >= 2, got {d.vocab_size}", file=file, field="data.vocab_size")
     elif d.seq_len is not None:
         raise ConfigError(
-            f"only applies to kinds {', '.join(map(repr, own_fields))}, not {d.kind!r}", file=file,
+            f"only applies to kinds {', '.join(map(repr, own_fields))}, not {d.kind!r}",
+            file=file,
             field="data.seq_len",
         )
     if d.kind == "repeated_spans":
@@ -364,13 +418,15 @@ def validate(cfg: RunConfig, file: str | None = None) -> RunConfig:
         span_range(m.seq_len, d.span_min, d.span_max, file=file)
     if d.kind == "markov_triggers":
         if d.order != 1:
-            raise ConfigError(f"markov_triggers uses a first-order chain, got order {d.order}", file=file,
-                              field="data.order")
+            raise ConfigError(
+                f"markov_triggers uses a first-order chain, got order {d.order}", file=file, field="data.order"
+            )
         if d.n_triggers is None:
             d.n_triggers = 1
         if not 1 <= d.n_triggers < d.vocab_size:
             raise ConfigError(
-                f"expected an integer in [1, vocab_size - 1 = {d.vocab_size - 1}], got {d.n_triggers}", file=file,
+                f"expected an integer in [1, vocab_size - 1 = {d.vocab_size - 1}], got {d.n_triggers}",
+                file=file,
                 field="data.n_triggers",
             )
     _validate_regression(cfg, file)
@@ -394,11 +450,15 @@ def _validate_regression(cfg: RunConfig, file: str | None) -> None:
     m, d = cfg.model, cfg.data
     if d.kind != "linear_regression":
         if d.noise_std != 0.0:
-            raise ConfigError(f"only applies to kind = 'linear_regression', not {d.kind!r}", file=file,
-                              field="data.noise_std")
+            raise ConfigError(
+                f"only applies to kind = 'linear_regression', not {d.kind!r}", file=file, field="data.noise_std"
+            )
         if m.input_dim is not None and d.kind not in VECTOR_KINDS:
-            raise ConfigError(f"float inputs need a vector-token source ({', '.join(VECTOR_KINDS)}), not {d.kind!r}",
-                              file=file, field="model.input_dim")
+            raise ConfigError(
+                f"float inputs need a vector-token source ({', '.join(VECTOR_KINDS)}), not {d.kind!r}",
+                file=file,
+                field="model.input_dim",
+            )
         return
     if d.dim is None:
         d.dim = 5
@@ -407,13 +467,17 @@ def _validate_regression(cfg: RunConfig, file: str | None) -> None:
     if d.task_pool is not None and d.task_pool < 1:
         raise ConfigError(f"expected a positive integer, got {d.task_pool}", file=file, field="data.task_pool")
     if d.curriculum_steps is not None and d.curriculum_steps < 1:
-        raise ConfigError(f"expected a positive integer, got {d.curriculum_steps}", file=file,
-                          field="data.curriculum_steps")
+        raise ConfigError(
+            f"expected a positive integer, got {d.curriculum_steps}", file=file, field="data.curriculum_steps"
+        )
     if d.noise_std < 0:
         raise ConfigError(f"expected a number >= 0, got {d.noise_std}", file=file, field="data.noise_std")
     if m.input_dim is not None and m.input_dim != d.dim + 1:
-        raise ConfigError(f"must equal data.dim + 1 ({d.dim + 1}) or be omitted, got {m.input_dim}", file=file,
-                          field="model.input_dim")
+        raise ConfigError(
+            f"must equal data.dim + 1 ({d.dim + 1}) or be omitted, got {m.input_dim}",
+            file=file,
+            field="model.input_dim",
+        )
     m.input_dim = d.dim + 1
 
 

@@ -43,9 +43,21 @@ __all__ = [
 
 # Config columns that the sweep varies *within* one critical-batch analysis (or that do not change what is
 # trained); any other config column that varies splits the runs into separate groups (e.g. model sizes).
-WITHIN_GROUP = ("train.batch_size", "train.lr", "train.tokens", "train.flops", "train.micro_batch_size",
-                "train.warmup", "train.eval_every", "train.eval_batches", "train.checkpoint_every",
-                "train.keep_weights", "train.device", "seed", "instruments")
+WITHIN_GROUP = (
+    "train.batch_size",
+    "train.lr",
+    "train.tokens",
+    "train.flops",
+    "train.micro_batch_size",
+    "train.warmup",
+    "train.eval_every",
+    "train.eval_batches",
+    "train.checkpoint_every",
+    "train.keep_weights",
+    "train.device",
+    "seed",
+    "instruments",
+)
 
 
 def _smooth(y: np.ndarray, window: int) -> np.ndarray:
@@ -98,10 +110,19 @@ class TargetResult:
         return self.B_crit / self.B_simple if self.B_simple > 0 else math.nan
 
     def as_dict(self, seq_len: int | None = None) -> dict[str, Any]:
-        d = {"target": self.target, "B_crit": self.B_crit, "B_crit_ci": list(self.B_crit_ci), "S_min": self.S_min,
-             "E_min": self.E_min, "B_simple": self.B_simple, "B_simple_runs": self.B_simple_runs,
-             "B_crit_over_B_simple": self.ratio, "B_crit_nqm": self.B_crit_nqm, "error": self.error,
-             "points": self.table.to_dict(orient="records")}
+        d = {
+            "target": self.target,
+            "B_crit": self.B_crit,
+            "B_crit_ci": list(self.B_crit_ci),
+            "S_min": self.S_min,
+            "E_min": self.E_min,
+            "B_simple": self.B_simple,
+            "B_simple_runs": self.B_simple_runs,
+            "B_crit_over_B_simple": self.ratio,
+            "B_crit_nqm": self.B_crit_nqm,
+            "error": self.error,
+            "points": self.table.to_dict(orient="records"),
+        }
         if seq_len:
             d |= {"B_crit_tokens": self.B_crit * seq_len, "B_simple_tokens": self.B_simple * seq_len}
         return d
@@ -120,9 +141,16 @@ class CriticalBatchResult:
     law_error: str | None = None
 
     def as_dict(self) -> dict[str, Any]:
-        return {"group": self.group, "metric": self.metric, "unit": "sequences", "seq_len": self.seq_len,
-                "n_runs": self.n_runs, "targets": [t.as_dict(self.seq_len) for t in self.targets],
-                "law": self.law, "law_error": self.law_error}
+        return {
+            "group": self.group,
+            "metric": self.metric,
+            "unit": "sequences",
+            "seq_len": self.seq_len,
+            "n_runs": self.n_runs,
+            "targets": [t.as_dict(self.seq_len) for t in self.targets],
+            "law": self.law,
+            "law_error": self.law_error,
+        }
 
 
 def _curves(metrics: pd.DataFrame, metric: str) -> dict[str, tuple[np.ndarray, np.ndarray]]:
@@ -145,8 +173,7 @@ def run_groups(runs: pd.DataFrame, group_by: list[str] | None) -> list[tuple[dic
     column outside :data:`WITHIN_GROUP` (e.g. model size). Returns (group values, runs) pairs."""
     if group_by is None:
         cfg_cols = [c for c in runs.columns if "." in c or c == "seed"]
-        group_by = [c for c in cfg_cols if c not in WITHIN_GROUP
-                    and runs[c].astype(str).nunique(dropna=False) > 1]
+        group_by = [c for c in cfg_cols if c not in WITHIN_GROUP and runs[c].astype(str).nunique(dropna=False) > 1]
     if not group_by:
         return [({}, runs)]
     out = []
@@ -203,8 +230,15 @@ def critical_batch_analysis(
             for rec in gruns.to_dict(orient="records"):
                 c = curves.get(rec["id"])
                 S = steps_to_loss(*c, target, smooth) if c is not None else math.nan
-                rows.append({"id": rec["id"], "batch_size": int(rec["train.batch_size"]),
-                             "lr": float(rec["train.lr"]), "seed": rec.get("seed", 0), "steps": S})
+                rows.append(
+                    {
+                        "id": rec["id"],
+                        "batch_size": int(rec["train.batch_size"]),
+                        "lr": float(rec["train.lr"]),
+                        "seed": rec.get("seed", 0),
+                        "steps": S,
+                    }
+                )
             per_run = pd.DataFrame(rows)
             tres.append(_one_target(target, per_run, noise, fit_steps_examples, bootstrap, random_state, FitError))
         res = CriticalBatchResult(group=group, metric=metric, seq_len=seq_len, n_runs=len(gruns), targets=tres)
@@ -230,10 +264,17 @@ def _one_target(target, per_run, noise, fit_steps_examples, bootstrap, random_st
         if fin.empty:
             continue
         lr = float(fin.idxmin())
-        table.append({"batch_size": int(B), "steps": float(fin.min()), "examples": float(fin.min()) * int(B),
-                      "lr": lr, "n_lrs": int(len(lrs)),
-                      # The optimum on the grid's edge means the grid should be widened for this B.
-                      "lr_at_grid_edge": bool(len(lrs) > 1 and lr in (lrs.min(), lrs.max()))})
+        table.append(
+            {
+                "batch_size": int(B),
+                "steps": float(fin.min()),
+                "examples": float(fin.min()) * int(B),
+                "lr": lr,
+                "n_lrs": int(len(lrs)),
+                # The optimum on the grid's edge means the grid should be widened for this B.
+                "lr_at_grid_edge": bool(len(lrs) > 1 and lr in (lrs.min(), lrs.max())),
+            }
+        )
     tab = pd.DataFrame(table, columns=["batch_size", "steps", "examples", "lr", "n_lrs", "lr_at_grid_edge"])
     out = TargetResult(target=target, table=tab)
     # B_simple at this loss, pooled over every run that reached it.
@@ -249,8 +290,11 @@ def _one_target(target, per_run, noise, fit_steps_examples, bootstrap, random_st
         if math.isfinite(gv) and math.isfinite(tv):
             g2s.append(gv)
             trs.append(tv)
-    nqm = [_interp_at(*noise["nqm_B_crit"][r["id"]], r["steps"]) for r in per_run.to_dict(orient="records")
-           if math.isfinite(r["steps"]) and r["id"] in noise["nqm_B_crit"]]
+    nqm = [
+        _interp_at(*noise["nqm_B_crit"][r["id"]], r["steps"])
+        for r in per_run.to_dict(orient="records")
+        if math.isfinite(r["steps"]) and r["id"] in noise["nqm_B_crit"]
+    ]
     nqm = [v for v in nqm if math.isfinite(v)]
     if nqm:  # a geometric mean: the prediction is a scale, and noisy by factors rather than offsets
         out.B_crit_nqm = float(np.exp(np.mean(np.log(np.clip(nqm, 1e-300, None)))))
@@ -259,8 +303,9 @@ def _one_target(target, per_run, noise, fit_steps_examples, bootstrap, random_st
         g2 = float(np.mean(g2s))
         out.B_simple = float(np.mean(trs)) / g2 if g2 > 0 else math.nan
     try:
-        fit = fit_steps_examples(tab["steps"].to_numpy(), tab["examples"].to_numpy(), bootstrap=bootstrap,
-                                 random_state=random_state)
+        fit = fit_steps_examples(
+            tab["steps"].to_numpy(), tab["examples"].to_numpy(), bootstrap=bootstrap, random_state=random_state
+        )
         out.fit, out.B_crit, out.B_crit_ci = fit, fit.B_crit, fit.ci["B_crit"]
         out.S_min, out.E_min = fit.S_min, fit.E_min
     except FitError as e:
@@ -297,8 +342,14 @@ def _json_safe(x: Any) -> Any:
 
 
 def cmd_critical_batch(args: argparse.Namespace) -> int:
-    res = critical_batch_analysis(args.store, _parse_targets(args.targets), metric=args.metric, smooth=args.smooth,
-                                  bootstrap=args.bootstrap, random_state=args.seed)
+    res = critical_batch_analysis(
+        args.store,
+        _parse_targets(args.targets),
+        metric=args.metric,
+        smooth=args.smooth,
+        bootstrap=args.bootstrap,
+        random_state=args.seed,
+    )
     if args.json:
         print(json.dumps(_json_safe({"groups": [r.as_dict() for r in res]}), indent=1))
         return 0
@@ -310,8 +361,10 @@ def cmd_critical_batch(args: argparse.Namespace) -> int:
             ci = f"[{t.B_crit_ci[0]:.4g}, {t.B_crit_ci[1]:.4g}]"
             edge = [str(b) for b in t.table.loc[t.table["lr_at_grid_edge"], "batch_size"]]
             note = t.error or ("lr optimum at grid edge for B=" + ",".join(edge) if edge else "")
-            print(f"  {t.target:>8.4g} {t.B_crit:>10.4g} {ci:>22} {t.B_simple:>10.4g} {t.ratio:>7.3g} "
-                  f"{t.B_crit_nqm:>9.4g}  {note}")
+            print(
+                f"  {t.target:>8.4g} {t.B_crit:>10.4g} {ci:>22} {t.B_simple:>10.4g} {t.ratio:>7.3g} "
+                f"{t.B_crit_nqm:>9.4g}  {note}"
+            )
         if r.law:
             print(f"  B_crit(L) = {r.law['B_star']:.4g} / L^(1/{r.law['alpha_B']:.3g})  (Kaplan et al. 2020 eq. 5.3)")
         else:
@@ -321,8 +374,11 @@ def cmd_critical_batch(args: argparse.Namespace) -> int:
 
 def add_critical_batch_parser(subparsers: Any) -> argparse.ArgumentParser:
     """Add ``critical-batch STORE --targets L1,L2,...`` to an argparse subparsers object."""
-    p = subparsers.add_parser("critical-batch", help="critical batch size per target loss from a batch-size sweep "
-                                                     "(Kaplan et al. 2020 sec. 5.1), with B_simple beside it")
+    p = subparsers.add_parser(
+        "critical-batch",
+        help="critical batch size per target loss from a batch-size sweep "
+        "(Kaplan et al. 2020 sec. 5.1), with B_simple beside it",
+    )
     p.add_argument("store", help="store directory of a batch-size sweep (e.g. experiments/critical_batch.toml)")
     p.add_argument("--targets", required=True, help="comma-separated target losses, e.g. 3.0,2.8")
     p.add_argument("--metric", default="val_loss", choices=["val_loss", "train_loss"])

@@ -209,22 +209,24 @@ def make_forecast(
         "seed": seed,
         "scalescope_version": __version__,
     }
-    return _jsonable({
-        "id": forecast_id(content),
-        **content,
-        "predicted": pred,
-        "interval": [float(lo[0]), float(hi[0])],
-        "level": LEVEL,
-        "interval_kind": "prediction",  # bootstrap of the law plus the fit's residual scatter
-        "params": model.params_,
-        "ci": model.ci_,
-        "r2": model.r2_,
-        "rmsle": model.rmsle_,
-        "n_points": model.n_points_,
-        "target_existed": bool(existing.any()),
-        "created_at": _now(),
-        "score": None,
-    })
+    return _jsonable(
+        {
+            "id": forecast_id(content),
+            **content,
+            "predicted": pred,
+            "interval": [float(lo[0]), float(hi[0])],
+            "level": LEVEL,
+            "interval_kind": "prediction",  # bootstrap of the law plus the fit's residual scatter
+            "params": model.params_,
+            "ci": model.ci_,
+            "r2": model.r2_,
+            "rmsle": model.rmsle_,
+            "n_points": model.n_points_,
+            "target_existed": bool(existing.any()),
+            "created_at": _now(),
+            "score": None,
+        }
+    )
 
 
 def forecasts_dir(store: str | Path) -> Path:
@@ -269,13 +271,15 @@ def score_record(rec: dict[str, Any], points: pd.DataFrame) -> dict[str, Any] | 
         return None
     obs = float(hit["loss"].mean())
     pred, (lo, hi) = float(rec["predicted"]), rec["interval"]
-    return _jsonable({
-        "observed": obs,
-        "observed_runs": sorted(hit["id"]),
-        "error": pred - obs,
-        "rel_error": (pred - obs) / obs,
-        "covered": bool(lo is not None and hi is not None and lo <= obs <= hi),
-    })
+    return _jsonable(
+        {
+            "observed": obs,
+            "observed_runs": sorted(hit["id"]),
+            "error": pred - obs,
+            "rel_error": (pred - obs) / obs,
+            "covered": bool(lo is not None and hi is not None and lo <= obs <= hi),
+        }
+    )
 
 
 def score_store(store: str | Path) -> list[dict[str, Any]]:
@@ -316,14 +320,22 @@ def add_forecast_parser(subparsers: Any) -> argparse.ArgumentParser:
     mode = p.add_mutually_exclusive_group(required=True)
     mode.add_argument("--store", metavar="DIR", help="record a forecast fitted on DIR's finished runs")
     mode.add_argument("--score", metavar="DIR", help="score DIR's recorded forecasts whose targets now exist")
-    p.add_argument("--law", choices=["chinchilla", "power"], default="chinchilla",
-                   help="chinchilla: L(N, D) = E + A/N^a + B/D^b; power: L = E + A x^-a in one variable")
+    p.add_argument(
+        "--law",
+        choices=["chinchilla", "power"],
+        default="chinchilla",
+        help="chinchilla: L(N, D) = E + A/N^a + B/D^b; power: L = E + A x^-a in one variable",
+    )
     p.add_argument("--x", choices=list(X_COORD), default=None, help="with --law power: the variable")
     p.add_argument("--target-n", type=float, default=None, metavar="N", help="target parameter count")
     p.add_argument("--target-d", type=float, default=None, metavar="D", help="target training tokens")
     p.add_argument("--target-flops", type=float, default=None, metavar="C", help="target training FLOPs")
-    p.add_argument("--count", choices=["nonembedding", "total"], default="nonembedding",
-                   help="which parameter count N is (default nonembedding, as Kaplan et al.)")
+    p.add_argument(
+        "--count",
+        choices=["nonembedding", "total"],
+        default="nonembedding",
+        help="which parameter count N is (default nonembedding, as Kaplan et al.)",
+    )
     p.add_argument("--bootstrap", type=int, default=1000, metavar="K", help="bootstrap resamples (default 1000)")
     p.add_argument("--seed", type=int, default=0, help="bootstrap seed (default 0)")
     p.add_argument("--json", action="store_true", help="print JSON on stdout")
@@ -345,11 +357,18 @@ def _print_scores(recs: list[dict[str, Any]]) -> None:
     for r in recs:
         s = r.get("score") or {}
         lo, hi = r["interval"]
-        rows.append([
-            r["id"], r["law"], target_text(r["target"]), _fmt(r["predicted"]), f"[{_fmt(lo)}, {_fmt(hi)}]",
-            _fmt(s.get("observed")), _fmt(s.get("rel_error"), "+.2%") if s else "-",
-            ("yes" if s["covered"] else "no") if s else "pending",
-        ])
+        rows.append(
+            [
+                r["id"],
+                r["law"],
+                target_text(r["target"]),
+                _fmt(r["predicted"]),
+                f"[{_fmt(lo)}, {_fmt(hi)}]",
+                _fmt(s.get("observed")),
+                _fmt(s.get("rel_error"), "+.2%") if s else "-",
+                ("yes" if s["covered"] else "no") if s else "pending",
+            ]
+        )
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     for row in rows:
         print("  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip())
@@ -368,8 +387,9 @@ def run_forecast(args: argparse.Namespace) -> int:
         return 0
     target = {"N": args.target_n, "D": args.target_d, "C": args.target_flops}
     try:
-        rec, created = record_forecast(args.store, target, law=args.law, x=args.x, count=args.count,
-                                       bootstrap=args.bootstrap, seed=args.seed)
+        rec, created = record_forecast(
+            args.store, target, law=args.law, x=args.x, count=args.count, bootstrap=args.bootstrap, seed=args.seed
+        )
     except FitError as err:
         raise FitError(f"cannot fit {args.law} on {args.store}: {err}") from None
     if args.json:
@@ -378,10 +398,13 @@ def run_forecast(args: argparse.Namespace) -> int:
     where = forecasts_dir(args.store) / f"{rec['id']}.json"
     print(f"forecast {rec['id']} {'recorded in' if created else 'was already recorded in'} {where}")
     lo, hi = rec["interval"]
-    print(f"  {rec['law']} law fitted on {rec['n_points']} finished runs (N {rec['count']}); "
-          f"target {target_text(rec['target'])}")
+    print(
+        f"  {rec['law']} law fitted on {rec['n_points']} finished runs (N {rec['count']}); "
+        f"target {target_text(rec['target'])}"
+    )
     print(f"  predicted final val loss {rec['predicted']:.4f} nats, 95% prediction interval [{lo:.4f}, {hi:.4f}]")
     if rec["target_existed"]:
-        print("  note: the target already had finished runs; they were left out of the fit "
-              "(recorded as target_existed)")
+        print(
+            "  note: the target already had finished runs; they were left out of the fit (recorded as target_existed)"
+        )
     return 0

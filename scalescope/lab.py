@@ -125,8 +125,7 @@ def run_experiment(
         # gets the thread count it started with, which bitwise-exact resume on CPU needs.
         executor = LocalExecutor(workers=workers, threads_per_worker=threads)
     futures = {
-        p.run_id: executor.submit(RunSpec(p.cfg, str(store.run_dir(p.run_id).path), str(store.cache_dir)))
-        for p in todo
+        p.run_id: executor.submit(RunSpec(p.cfg, str(store.run_dir(p.run_id).path), str(store.cache_dir))) for p in todo
     }
     outcomes: dict[str, Outcome] = {}
     prog = Progress(planned, store) if progress else None
@@ -147,6 +146,7 @@ def run_experiment(
         prog.update(outcomes, final=True)
     if own:
         executor.shutdown()
-    skipped = [Outcome(p.run_id, store.run_dir(p.run_id).read_status()["state"], skipped=True)
-               for p in planned if p.done]
+    skipped = [
+        Outcome(p.run_id, store.run_dir(p.run_id).read_status()["state"], skipped=True) for p in planned if p.done
+    ]
     return skipped + [outcomes[p.run_id] for p in todo]

@@ -54,9 +54,7 @@ class CausalSelfAttention(nn.Module):
         self.qkv = nn.Linear(cfg.d_model, 3 * cfg.d_model, bias=cfg.bias)
         self.proj = nn.Linear(cfg.d_model, cfg.d_model, bias=cfg.bias)
         self.math = cfg.attention == "math"
-        self.register_buffer(
-            "causal", torch.ones(cfg.seq_len, cfg.seq_len, dtype=torch.bool).tril(), persistent=False
-        )
+        self.register_buffer("causal", torch.ones(cfg.seq_len, cfg.seq_len, dtype=torch.bool).tril(), persistent=False)
         self.rope = cfg.positions == "rope"
         if self.rope:
             cos, sin = rotary_tables(cfg.seq_len, cfg.d_model // cfg.n_head)
@@ -126,8 +124,11 @@ class GPT(nn.Module):
         self.cfg, self.vocab_size = cfg, vocab_size
         self.float_inputs = cfg.input_dim is not None
         # (B, T) ids -> (B, T, C) by lookup, or (B, T, input_dim) vectors -> (B, T, C) by a linear map.
-        self.tok_emb = (nn.Linear(cfg.input_dim, cfg.d_model, bias=cfg.bias) if self.float_inputs
-                        else nn.Embedding(vocab_size, cfg.d_model))
+        self.tok_emb = (
+            nn.Linear(cfg.input_dim, cfg.d_model, bias=cfg.bias)
+            if self.float_inputs
+            else nn.Embedding(vocab_size, cfg.d_model)
+        )
         self.pos_emb = nn.Embedding(cfg.seq_len, cfg.d_model) if cfg.positions == "learned" else None
         self.blocks = nn.ModuleList([Block(cfg) for _ in range(cfg.n_layer)])
         self.ln_f = nn.LayerNorm(cfg.d_model, bias=cfg.bias)

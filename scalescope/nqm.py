@@ -86,9 +86,17 @@ class NQMCriticalBatch:
     fit: Any = field(repr=False, default=None)
 
     def as_dict(self) -> dict[str, Any]:
-        return {"target": self.target, "B_crit": self.B_crit, "B_knee": self.B_knee, "S_min": self.S_min,
-                "E_min": self.E_min, "S_inf": self.S_inf, "batch_sizes": self.batch_sizes.tolist(),
-                "steps": [None if not np.isfinite(s) else float(s) for s in self.steps], "lrs": self.lrs.tolist()}
+        return {
+            "target": self.target,
+            "B_crit": self.B_crit,
+            "B_knee": self.B_knee,
+            "S_min": self.S_min,
+            "E_min": self.E_min,
+            "S_inf": self.S_inf,
+            "batch_sizes": self.batch_sizes.tolist(),
+            "steps": [None if not np.isfinite(s) else float(s) for s in self.steps],
+            "lrs": self.lrs.tolist(),
+        }
 
 
 class NQM:
@@ -124,8 +132,10 @@ class NQM:
         """McCandlish et al.'s B_noise = tr(HΣ)/(GᵀHG) and B_simple = tr(Σ)/|G|² at the initial point
         (with G_i = h_i θ_i, θ_i² = theta0_sq), in the NQM's batch unit."""
         g2 = self.h**2 * self.theta0_sq
-        return {"B_noise": float(np.sum(self.h * self.c) / np.sum(self.h * g2)),
-                "B_simple": float(np.sum(self.c) / np.sum(g2))}
+        return {
+            "B_noise": float(np.sum(self.h * self.c) / np.sum(self.h * g2)),
+            "B_simple": float(np.sum(self.c) / np.sum(g2)),
+        }
 
     def _effective(self, opt: Optimizer) -> tuple[np.ndarray, np.ndarray]:
         g = opt.precondition
@@ -191,8 +201,9 @@ class NQM:
 
     # --- steps to a target --------------------------------------------------------------------------
 
-    def steps_to_target(self, target: float, lr: float | ArrayLike, batch_size: float,
-                        opt: Optimizer = Optimizer()) -> np.ndarray:
+    def steps_to_target(
+        self, target: float, lr: float | ArrayLike, batch_size: float, opt: Optimizer = Optimizer()
+    ) -> np.ndarray:
         """Expected-loss steps to reach ``target`` for each lr (fractional: linear between integer steps;
         inf where unstable or where the noise floor is at or above the target)."""
         lr = np.atleast_1d(np.asarray(lr, dtype=float))
@@ -252,8 +263,9 @@ class NQM:
         h, _ = self._effective(opt)
         return 2 * (1 + opt.momentum) / float(h.max())  # first-moment stability limit of the stiffest mode
 
-    def optimal_steps(self, target: float, batch_size: float, opt: Optimizer = Optimizer(), *,
-                      n_grid: int = 48, span: float = 1e-5) -> tuple[float, float]:
+    def optimal_steps(
+        self, target: float, batch_size: float, opt: Optimizer = Optimizer(), *, n_grid: int = 48, span: float = 1e-5
+    ) -> tuple[float, float]:
         """(steps, lr) minimizing steps to ``target`` at ``batch_size`` over a log grid of learning rates
         up to the stability limit, refined on a second grid around the best."""
         top = self._lr_bound(opt)
@@ -268,14 +280,16 @@ class NQM:
         j = int(np.argmin(sf))
         return (float(sf[j]), float(fine[j])) if sf[j] <= st[i] else (float(st[i]), float(grid[i]))
 
-    def steps_vs_batch(self, target: float, batch_sizes: ArrayLike, opt: Optimizer = Optimizer()
-                       ) -> tuple[np.ndarray, np.ndarray]:
+    def steps_vs_batch(
+        self, target: float, batch_sizes: ArrayLike, opt: Optimizer = Optimizer()
+    ) -> tuple[np.ndarray, np.ndarray]:
         """Optimal steps and learning rates at each batch size."""
         res = [self.optimal_steps(target, float(b), opt) for b in np.atleast_1d(batch_sizes)]
         return np.array([r[0] for r in res]), np.array([r[1] for r in res])
 
-    def critical_batch(self, target: float, opt: Optimizer = Optimizer(), *, batch_sizes: ArrayLike | None = None,
-                       n_batch: int = 13) -> NQMCriticalBatch:
+    def critical_batch(
+        self, target: float, opt: Optimizer = Optimizer(), *, batch_sizes: ArrayLike | None = None, n_batch: int = 13
+    ) -> NQMCriticalBatch:
         """The NQM's critical batch size for ``target`` (see the module doc). Without ``batch_sizes``,
         a log grid is placed where the steps fall from ~30× to ~1.03× the exact-gradient minimum, so both
         regimes of the hyperbola are sampled."""
@@ -303,8 +317,18 @@ class NQM:
         S, lrs = self.steps_vs_batch(target, B, opt)
         ok = np.isfinite(S) & (S > 0)
         fit = fit_steps_examples(S[ok], B[ok] * S[ok], bootstrap=0)
-        return NQMCriticalBatch(target=target, batch_sizes=B, steps=S, lrs=lrs, S_inf=s_inf, B_crit=fit.B_crit,
-                                S_min=fit.S_min, E_min=fit.E_min, B_knee=_knee(B[ok], S[ok], s_inf), fit=fit)
+        return NQMCriticalBatch(
+            target=target,
+            batch_sizes=B,
+            steps=S,
+            lrs=lrs,
+            S_inf=s_inf,
+            B_crit=fit.B_crit,
+            S_min=fit.S_min,
+            E_min=fit.E_min,
+            B_knee=_knee(B[ok], S[ok], s_inf),
+            fit=fit,
+        )
 
 
 def _knee(B: np.ndarray, S: np.ndarray, s_inf: float) -> float:
@@ -357,11 +381,19 @@ def nqm_from_measurements(
     else:
         t0 = None
     model = NQM(h[keep], np.clip(c[keep], 0, None), t0)
-    opts = optimizers or {"sgd": Optimizer(), "momentum_0.9": Optimizer(momentum=0.9),
-                          "precond_0.5": Optimizer(precondition=0.5)}
+    opts = optimizers or {
+        "sgd": Optimizer(),
+        "momentum_0.9": Optimizer(momentum=0.9),
+        "precond_0.5": Optimizer(precondition=0.5),
+    }
     target = target_fraction * model.initial_loss
-    out: dict[str, Any] = {"target": target, "initial_loss": model.initial_loss, "n_dropped": int((~keep).sum()),
-                           **model.noise_scales(), "optimizers": {}}
+    out: dict[str, Any] = {
+        "target": target,
+        "initial_loss": model.initial_loss,
+        "n_dropped": int((~keep).sum()),
+        **model.noise_scales(),
+        "optimizers": {},
+    }
     for name, opt in opts.items():
         out["optimizers"][name] = model.critical_batch(target, opt, batch_sizes=batch_sizes).as_dict()
     out["B_crit"] = out["optimizers"][next(iter(opts))]["B_crit"]

@@ -31,8 +31,12 @@ def add_common(p: argparse.ArgumentParser, *, batches_of: str | None = None) -> 
     p.add_argument("--json", action="store_true")
     if batches_of:
         p.add_argument("--n-batches", type=int, default=4, help="probe batches (default 4)")
-        p.add_argument("--batch-size", type=int, default=None,
-                       help=f"{batches_of} per batch (default: the run's micro-batch or batch size)")
+        p.add_argument(
+            "--batch-size",
+            type=int,
+            default=None,
+            help=f"{batches_of} per batch (default: the run's micro-batch or batch size)",
+        )
 
 
 def add_probe_parser(sub: Any) -> None:

@@ -24,8 +24,12 @@ from . import config as C
 from .rundir import RunDir, atomic_write_json
 
 METRIC_COLUMNS = {
-    "step": "BIGINT", "tokens": "BIGINT", "flops": "DOUBLE", "wall_s": "DOUBLE",
-    "metric": "VARCHAR", "value": "DOUBLE",
+    "step": "BIGINT",
+    "tokens": "BIGINT",
+    "flops": "DOUBLE",
+    "wall_s": "DOUBLE",
+    "metric": "VARCHAR",
+    "value": "DOUBLE",
 }
 
 
@@ -126,8 +130,11 @@ def load(store: str | Path) -> Tables:
         raise StoreError(f"{st.path}: no such store directory")
     ids = st.run_ids()
     con = duckdb.connect()
-    files = [str(st.runs_dir / i / "metrics.jsonl") for i in ids
-             if (st.runs_dir / i / "metrics.jsonl").exists() and os.path.getsize(st.runs_dir / i / "metrics.jsonl")]
+    files = [
+        str(st.runs_dir / i / "metrics.jsonl")
+        for i in ids
+        if (st.runs_dir / i / "metrics.jsonl").exists() and os.path.getsize(st.runs_dir / i / "metrics.jsonl")
+    ]
     metrics = _read_metrics(con, files)
     # Final value of every metric per run: the row with the largest step.
     if len(metrics):
@@ -175,16 +182,42 @@ def load(store: str | Path) -> Tables:
         if "final_val_loss" not in runs:
             runs["final_val_loss"] = None
     else:
-        runs = pd.DataFrame(columns=["id", "status", "params_total", "params_nonembedding", "tokens", "flops",
-                                     "final_val_loss", "entropy_rate", "config"])
+        runs = pd.DataFrame(
+            columns=[
+                "id",
+                "status",
+                "params_total",
+                "params_nonembedding",
+                "tokens",
+                "flops",
+                "final_val_loss",
+                "entropy_rate",
+                "config",
+            ]
+        )
     return Tables(runs=runs, metrics=metrics)
 
 
 def runs_json(tables: Tables) -> list[dict[str, Any]]:
     """The runs table as JSON-able dicts (what ``scalescope runs --json`` prints)."""
-    keep = ["id", "status", "experiment", "params_total", "params_embedding", "params_nonembedding",
-            "flops_per_token", "step", "total_steps", "tokens", "flops", "final_val_loss", "final_train_loss",
-            "entropy_rate", "error", "config"]
+    keep = [
+        "id",
+        "status",
+        "experiment",
+        "params_total",
+        "params_embedding",
+        "params_nonembedding",
+        "flops_per_token",
+        "step",
+        "total_steps",
+        "tokens",
+        "flops",
+        "final_val_loss",
+        "final_train_loss",
+        "entropy_rate",
+        "error",
+        "config",
+    ]
     out = []
     for rec in tables.runs.to_dict(orient="records"):
         item = {}

@@ -30,7 +30,7 @@ class Experiment:
 
 
 def _parse_axis(key: str, values: Any, file: str | None) -> tuple[list[str], list[tuple]]:
-    where = f"sweep.{key}" if not key.startswith("(") else f"sweep.\"{key}\""
+    where = f"sweep.{key}" if not key.startswith("(") else f'sweep."{key}"'
     if not isinstance(values, list) or not values:
         raise C.ConfigError(f"expected a non-empty list of values, got {values!r}", file=file, field=where)
     if key.startswith("(") and key.endswith(")"):
@@ -40,7 +40,8 @@ def _parse_axis(key: str, values: Any, file: str | None) -> tuple[list[str], lis
             if not isinstance(v, list) or len(v) != len(paths):
                 raise C.ConfigError(
                     f"each value must be a list of {len(paths)} items (one per path), got {v!r}",
-                    file=file, field=where,
+                    file=file,
+                    field=where,
                 )
             rows.append(tuple(v))
         return paths, rows

@@ -219,10 +219,20 @@ def _train(cfg: C.RunConfig, rd: RunDir, cache_dir: Path, threads: int | None) -
 
     def save_checkpoint() -> None:
         state = {
-            "model": model.state_dict(), "optimizer": opt.state_dict(), "rng": _rng_state(),
-            "step": step, "last_eval": last_eval, "loss_sum": loss_sum, "loss_n": loss_n, "wall": wall,
-            "train_time_since": train_time_since, "tokens_since": tokens_since, "ref_loss": ref_loss,
-            "n_evals": n_evals, "gnorm_last": gnorm_last, "metrics_size": rd.metrics_size(),
+            "model": model.state_dict(),
+            "optimizer": opt.state_dict(),
+            "rng": _rng_state(),
+            "step": step,
+            "last_eval": last_eval,
+            "loss_sum": loss_sum,
+            "loss_n": loss_n,
+            "wall": wall,
+            "train_time_since": train_time_since,
+            "tokens_since": tokens_since,
+            "ref_loss": ref_loss,
+            "n_evals": n_evals,
+            "gnorm_last": gnorm_last,
+            "metrics_size": rd.metrics_size(),
         }
         import io
 
@@ -231,8 +241,14 @@ def _train(cfg: C.RunConfig, rd: RunDir, cache_dir: Path, threads: int | None) -
         atomic_write_bytes(ckpt, buf.getvalue())
 
     def row(metric: str, value: float) -> dict:
-        return {"step": step, "tokens": step * tokens_per_step, "flops": step * tokens_per_step * fpt,
-                "wall_s": round(wall, 4), "metric": metric, "value": value}
+        return {
+            "step": step,
+            "tokens": step * tokens_per_step,
+            "flops": step * tokens_per_step * fpt,
+            "wall_s": round(wall, 4),
+            "metric": metric,
+            "value": value,
+        }
 
     rd.write_status("running", step=step, tokens=step * tokens_per_step, total_steps=total)
     model.train()
@@ -264,8 +280,7 @@ def _train(cfg: C.RunConfig, rd: RunDir, cache_dir: Path, threads: int | None) -
             if not math.isfinite(val):
                 return _diverged(rd, step, tokens_per_step, f"validation loss {val}")
             save_checkpoint()
-            rd.write_status("running", step=step, tokens=step * tokens_per_step, total_steps=total,
-                            val_loss=val)
+            rd.write_status("running", step=step, tokens=step * tokens_per_step, total_steps=total, val_loss=val)
             t_wall = time.perf_counter()
         if step >= total:
             break
@@ -298,8 +313,9 @@ def _train(cfg: C.RunConfig, rd: RunDir, cache_dir: Path, threads: int | None) -
             save_checkpoint()
             rd.write_status("running", step=step, tokens=step * tokens_per_step, total_steps=total)
 
-    rd.write_status("finished", step=step, tokens=step * tokens_per_step, total_steps=total,
-                    final_val_loss=val, wall_s=wall)
+    rd.write_status(
+        "finished", step=step, tokens=step * tokens_per_step, total_steps=total, final_val_loss=val, wall_s=wall
+    )
     return Outcome(rd.id, "finished", step, val)
 
 
@@ -314,9 +330,15 @@ def _run_instruments(probes, n_evals, model, opt, source, cfg, device, step, tot
         if n_evals % ins.every:
             continue
         ctx = instr.ProbeContext(
-            model=model, optimizer=opt, source=source, step=step, seq_len=cfg.model.seq_len,
+            model=model,
+            optimizer=opt,
+            source=source,
+            step=step,
+            seq_len=cfg.model.seq_len,
             batch_size=ins.batch_size or cfg.train.micro_batch_size or cfg.train.batch_size,
-            device=device, train_cfg=cfg.train, lr=lr_at(min(step, total - 1), cfg.train, total),
+            device=device,
+            train_cfg=cfg.train,
+            lr=lr_at(min(step, total - 1), cfg.train, total),
         )
         was_training = model.training
         model.eval()

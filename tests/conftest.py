@@ -33,11 +33,18 @@ lr = 0.01
 
 @pytest.fixture
 def tiny_toml(tmp_path):
-    def make(extra: str = "", tokens: int = 8 * 16 * 30, eval_every: int = 10, checkpoint_every: int = 5,
-             name: str = "exp.toml") -> Path:
+    def make(
+        extra: str = "",
+        tokens: int = 8 * 16 * 30,
+        eval_every: int = 10,
+        checkpoint_every: int = 5,
+        name: str = "exp.toml",
+    ) -> Path:
         p = tmp_path / name
-        p.write_text(TINY.format(tokens=tokens, eval_every=eval_every, checkpoint_every=checkpoint_every)
-                     + textwrap.dedent(extra))
+        p.write_text(
+            TINY.format(tokens=tokens, eval_every=eval_every, checkpoint_every=checkpoint_every)
+            + textwrap.dedent(extra)
+        )
         return p
 
     return make

@@ -15,10 +15,13 @@ def run_cli(*args):
 
 
 def test_run_then_runs_json_and_export(tiny_toml, tmp_path, capsys):
-    exp = tiny_toml("""
+    exp = tiny_toml(
+        """
     [sweep]
     "model.d_model" = [8, 16]
-    """, tokens=8 * 16 * 12)
+    """,
+        tokens=8 * 16 * 12,
+    )
     store = tmp_path / "store"
     assert main(["run", str(exp), "--store", str(store), "--workers", "2", "--quiet"]) == 0
     capsys.readouterr()
@@ -80,10 +83,15 @@ def test_bad_input_is_one_line(tmp_path, toml, expected):
         ("[instruments.task_id]\n", "instruments.task_id: task_id needs a discrete_tasks source"),
         ("[instruments.fewshot]\n", "instruments.fewshot: fewshot needs a bursty_classification source"),
         ("[instruments.icl_regression]\n", "icl_regression needs a linear_regression source"),
-        ("[model]\nseq_len = 16\n[instruments.icl]\nlate = 40\n", "instruments.icl: the context (seq_len 16) is too short"),
+        (
+            "[model]\nseq_len = 16\n[instruments.icl]\nlate = 40\n",
+            "instruments.icl: the context (seq_len 16) is too short",
+        ),
         ("[instruments.icl]\nn_batches = 0\n", "instruments.icl.n_batches"),
-        ('[data]\nkind = "linear_regression"\n[instruments.induction]\n',
-         "instruments.induction: induction needs token data, but data.kind = 'linear_regression' gives the model"),
+        (
+            '[data]\nkind = "linear_regression"\n[instruments.induction]\n',
+            "instruments.induction: induction needs token data, but data.kind = 'linear_regression' gives the model",
+        ),
     ],
 )
 def test_instrument_mistakes_fail_before_any_run(tmp_path, capsys, toml, expected):
@@ -134,8 +142,25 @@ def test_runs_on_missing_store(tmp_path, capsys):
 
 
 def test_bench_train_json():
-    r = run_cli("bench", "train", "--n-layer", "1", "--d-model", "32", "--n-head", "2", "--seq-len", "16",
-                "--batch", "4", "--steps", "2", "--repeats", "1", "--json")
+    r = run_cli(
+        "bench",
+        "train",
+        "--n-layer",
+        "1",
+        "--d-model",
+        "32",
+        "--n-head",
+        "2",
+        "--seq-len",
+        "16",
+        "--batch",
+        "4",
+        "--steps",
+        "2",
+        "--repeats",
+        "1",
+        "--json",
+    )
     assert r.returncode == 0, r.stderr
     out = json.loads(r.stdout)
     assert out["tokens_per_s"] > 0 and out["flops_per_s"] > 0 and out["matmul_flops_per_s"] > 0
@@ -156,8 +181,26 @@ def test_fit_chinchilla_from_store(tiny_toml, tmp_path, capsys):
     assert out["n_points"] == 9 and out["source"]["n"] == "params_nonembedding"
     assert {"E", "A", "B", "alpha", "beta"} <= set(out["ci"])
     where = "`train.tokens` >= 2048"
-    assert main(["fit", "chinchilla", "--store", str(store), "--where", where, "--bootstrap", "20", "--grid", "coarse",
-                 "--count", "total", "--json"]) == 0
+    assert (
+        main(
+            [
+                "fit",
+                "chinchilla",
+                "--store",
+                str(store),
+                "--where",
+                where,
+                "--bootstrap",
+                "20",
+                "--grid",
+                "coarse",
+                "--count",
+                "total",
+                "--json",
+            ]
+        )
+        == 0
+    )
     out = json.loads(capsys.readouterr().out)
     assert out["n_points"] == 6 and out["source"]["n"] == "params_total"
 

@@ -22,12 +22,16 @@ tokens = 10000
 
 
 def test_grid_product_and_zipped_axes(tmp_path):
-    p = write(tmp_path, BASE + """
+    p = write(
+        tmp_path,
+        BASE
+        + """
 [sweep]
 "(model.n_layer, model.d_model, model.n_head)" = [[1, 16, 2], [2, 32, 4]]
 "train.tokens" = [1000, 2000, 4000]
 seed = [0, 1]
-""")
+""",
+    )
     exp = load_experiment(p)
     assert len(exp.runs) == 2 * 3 * 2
     shapes = {(r.model.n_layer, r.model.d_model, r.model.n_head) for r in exp.runs}
@@ -50,13 +54,22 @@ def test_run_id_is_content_hash():
         ("[model]\nd_modle = 32\n", "exp.toml: model.d_modle: unknown key; did you mean 'd_model'?"),
         ("[model]\nd_model = 'big'\n", "exp.toml: model.d_model: expected an integer, got 'big'"),
         ("[model]\nd_model = -8\n", "exp.toml: model.d_model: expected a positive number, got -8"),
-        ("[model]\nd_model = 30\nn_head = 4\n", "exp.toml: model.d_model: d_model (30) must be divisible by n_head (4)"),
+        (
+            "[model]\nd_model = 30\nn_head = 4\n",
+            "exp.toml: model.d_model: d_model (30) must be divisible by n_head (4)",
+        ),
         ("[trian]\n", "exp.toml: trian: unknown key; did you mean 'train'?"),
         ("[train]\noptimizer = 'adam'\n", "exp.toml: train.optimizer: expected one of 'adamw', 'sgd', got 'adam'"),
-        ("[sweep]\n\"model.d_modl\" = [1]\n", "exp.toml: sweep.model.d_modl: unknown key; did you mean 'd_model'?"),
-        ("[sweep]\n\"model.d_model\" = [32, 0]\n", "exp.toml: sweep.model.d_model: expected a positive number, got 0"),
-        ("[sweep]\n\"model.d_model\" = 32\n", "exp.toml: sweep.model.d_model: expected a non-empty list of values, got 32"),
-        ("[train]\ntokens = 100\nflops = 1e9\n", "exp.toml: train.tokens: give one budget, train.tokens or train.flops, not both"),
+        ('[sweep]\n"model.d_modl" = [1]\n', "exp.toml: sweep.model.d_modl: unknown key; did you mean 'd_model'?"),
+        ('[sweep]\n"model.d_model" = [32, 0]\n', "exp.toml: sweep.model.d_model: expected a positive number, got 0"),
+        (
+            '[sweep]\n"model.d_model" = 32\n',
+            "exp.toml: sweep.model.d_model: expected a non-empty list of values, got 32",
+        ),
+        (
+            "[train]\ntokens = 100\nflops = 1e9\n",
+            "exp.toml: train.tokens: give one budget, train.tokens or train.flops, not both",
+        ),
         ("[data]\nkind = 'text'\n", "exp.toml: data.path: a text source needs a path to a file or directory"),
     ],
 )

@@ -129,8 +129,9 @@ def test_noise_along_hessian_eigenvectors_and_the_nqm_prediction():
     # the NQM), so compare |uᵢᵀḡ|; float64 and ARPACK tol 1e-12 as above.
     np.testing.assert_allclose(res["hess_noise"], np.diag(UH.T @ S @ UH), rtol=1e-8)
     np.testing.assert_allclose(np.abs(res["hess_grad"]), np.abs(UH.T @ grads.mean(0)), rtol=1e-8)
-    want = nqm_from_measurements(res["hess_eigenvalues"], res["hess_noise"], grad_in_eigenbasis=res["hess_grad"],
-                                 optimizers={"sgd": Optimizer()})
+    want = nqm_from_measurements(
+        res["hess_eigenvalues"], res["hess_noise"], grad_in_eigenbasis=res["hess_grad"], optimizers={"sgd": Optimizer()}
+    )
     assert res["nqm_B_crit"] == pytest.approx(want["B_crit"], rel=1e-12) and res["nqm_B_crit"] > 0
     assert res["nqm_B_simple"] == pytest.approx(want["B_simple"], rel=1e-12)
     assert "nqm_B_crit" not in measure(model, batch, top_k=3, tol=1e-12, loss="mse", nqm=False)
@@ -303,8 +304,6 @@ def _cov_spectrum(grads: np.ndarray) -> np.ndarray:
 
 
 # --- in a training run, and offline ----------------------------------------------------------------
-
-
 
 
 def test_instrument_in_training_logs_metrics_and_changes_nothing(tiny_toml, tmp_path):

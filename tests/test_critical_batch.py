@@ -42,27 +42,57 @@ def _synthetic_store(tmp_path, *, seeds=(0,), noise_metrics=True):
     for seed in seeds:
         for B in BATCHES:
             for lr, slow in LR_SLOWDOWN.items():
-                cfg = C.from_dict({"model": {"seq_len": SEQ_LEN}, "train": {"batch_size": B, "lr": lr},
-                                   "seed": seed})
+                cfg = C.from_dict({"model": {"seq_len": SEQ_LEN}, "train": {"batch_size": B, "lr": lr}, "seed": seed})
                 rd = store.add(cfg, experiment="cb")
                 S_of_L = steps_needed(grid, B) * slow * (1 + 0.01 * seed)
                 steps = np.arange(0, int(S_of_L[-1]), 2)
                 loss = np.interp(steps, S_of_L, grid)  # S_of_L is increasing along the grid
                 rows = []
                 for s, L in zip(steps, loss):
-                    rows.append({"step": int(s), "tokens": 0, "flops": 0.0, "wall_s": 0.0, "metric": "val_loss",
-                                 "value": float(L)})
+                    rows.append(
+                        {
+                            "step": int(s),
+                            "tokens": 0,
+                            "flops": 0.0,
+                            "wall_s": 0.0,
+                            "metric": "val_loss",
+                            "value": float(L),
+                        }
+                    )
                     if noise_metrics:
                         # |G|² = 2 and tr(Σ) = 2 B_simple(L): the pooled ratio must give B_simple(L).
-                        rows.append({"step": int(s), "tokens": 0, "flops": 0.0, "wall_s": 0.0,
-                                     "metric": "noise_scale/G2", "value": 2.0})
-                        rows.append({"step": int(s), "tokens": 0, "flops": 0.0, "wall_s": 0.0,
-                                     "metric": "noise_scale/trace_sigma", "value": 2.0 * float(b_simple(L))})
+                        rows.append(
+                            {
+                                "step": int(s),
+                                "tokens": 0,
+                                "flops": 0.0,
+                                "wall_s": 0.0,
+                                "metric": "noise_scale/G2",
+                                "value": 2.0,
+                            }
+                        )
+                        rows.append(
+                            {
+                                "step": int(s),
+                                "tokens": 0,
+                                "flops": 0.0,
+                                "wall_s": 0.0,
+                                "metric": "noise_scale/trace_sigma",
+                                "value": 2.0 * float(b_simple(L)),
+                            }
+                        )
                         # The covariance instrument's NQM prediction: 3 B_simple(L), times a per-run
                         # factor whose geometric mean over the runs is 1.
-                        rows.append({"step": int(s), "tokens": 0, "flops": 0.0, "wall_s": 0.0,
-                                     "metric": "covariance/nqm_B_crit",
-                                     "value": 3.0 * float(b_simple(L)) * (2.0 if lr == 1e-3 else 0.5 if lr == 4e-3 else 1)})
+                        rows.append(
+                            {
+                                "step": int(s),
+                                "tokens": 0,
+                                "flops": 0.0,
+                                "wall_s": 0.0,
+                                "metric": "covariance/nqm_B_crit",
+                                "value": 3.0 * float(b_simple(L)) * (2.0 if lr == 1e-3 else 0.5 if lr == 4e-3 else 1),
+                            }
+                        )
                 rd.append_metrics(rows)
                 rd.write_status("finished", step=int(steps[-1]))
     return store

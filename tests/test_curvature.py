@@ -163,8 +163,17 @@ def test_preconditioned_sharpness_matches_dense(tiny):
     with math_attention(model):
         op = PreconditionedOperator(HessianOperator(obj), torch.tensor(P))
         np.testing.assert_allclose(op.dense().numpy(), d[:, None] * H * d[None, :], rtol=1e-8, atol=1e-10)
-    res = measure(model, batch, optimizer=opt, lr=1e-2, train_cfg=C.TrainConfig(optimizer="adamw"), top_k=2,
-                  density=False, tol=1e-10, dtype=torch.float64)
+    res = measure(
+        model,
+        batch,
+        optimizer=opt,
+        lr=1e-2,
+        train_cfg=C.TrainConfig(optimizer="adamw"),
+        top_k=2,
+        density=False,
+        tol=1e-10,
+        dtype=torch.float64,
+    )
     assert res["precond_sharpness"] == pytest.approx(exact, rel=1e-6)
     assert res["threshold_adam"] == pytest.approx(38 / 1e-2)
     assert res["eos_ratio"] == pytest.approx(exact / 3800, rel=1e-6)
@@ -206,19 +215,22 @@ def test_bad_options_are_config_errors(tiny):
         build({"curvature": {"top_k": 0}})
 
 
-
-
 def test_instrument_in_training_and_offline(tiny_toml, tmp_path, capsys):
     from scalescope.cli import main
 
-    rd = train_tiny(tiny_toml, tmp_path, """
+    rd = train_tiny(
+        tiny_toml,
+        tmp_path,
+        """
     [instruments.curvature]
     every = 2
     top_k = 2
     trace_matvecs = 12
     slq_steps = 10
     density_points = 32
-    """, "curv.toml")
+    """,
+        "curv.toml",
+    )
     by: dict[str, dict[int, float]] = {}
     for r in rd.read_metrics():
         by.setdefault(r["metric"], {})[r["step"]] = r["value"]

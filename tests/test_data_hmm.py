@@ -52,8 +52,7 @@ def test_own_cross_entropy_converges_to_entropy_rate(hmm):
     # has long forgotten its start (the bracket's gap is ~0 already at t = 64).
     per_seq = -lp[:, 128:].mean(axis=1)
     mean, se = per_seq.mean(), per_seq.std(ddof=1) / np.sqrt(per_seq.size)
-    print(f"HMM: stated {hmm.entropy_rate:.5f} (+-{hmm.entropy_rate_error:.5f}), "
-          f"empirical {mean:.5f} +- {se:.5f}")
+    print(f"HMM: stated {hmm.entropy_rate:.5f} (+-{hmm.entropy_rate_error:.5f}), empirical {mean:.5f} +- {se:.5f}")
     assert abs(mean - hmm.entropy_rate) < 4 * se + hmm.entropy_rate_error
     # Position 0 is exact: E[-log p(x_1)] = H(pi B), the entropy of the stationary token marginal.
     first = -lp[:, 0]

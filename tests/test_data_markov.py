@@ -64,8 +64,10 @@ def test_own_cross_entropy_converges_to_entropy_rate(vocab, order, support):
     # Sequences are independent; positions within one are not, so the error is over sequence means.
     per_seq = -lp.mean(axis=1)
     mean, se = per_seq.mean(), per_seq.std(ddof=1) / np.sqrt(per_seq.size)
-    print(f"V={vocab} k={order} s={support}: stated {src.entropy_rate:.5f} "
-          f"(+-{src.entropy_rate_error:.1e}), empirical {mean:.5f} +- {se:.5f}")
+    print(
+        f"V={vocab} k={order} s={support}: stated {src.entropy_rate:.5f} "
+        f"(+-{src.entropy_rate_error:.1e}), empirical {mean:.5f} +- {se:.5f}"
+    )
     assert abs(mean - src.entropy_rate) < 4 * se + src.entropy_rate_error
 
 

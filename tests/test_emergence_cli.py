@@ -26,21 +26,50 @@ def loss_of(n):
     return A * np.asarray(n, float) ** -ALPHA
 
 
-def fake_run(store: Store, d_model: int, n: float, finals: dict[str, float], *, steps: int = 100,
-             series: dict[str, list[tuple[int, float]]] | None = None, state: str = "finished") -> str:
+def fake_run(
+    store: Store,
+    d_model: int,
+    n: float,
+    finals: dict[str, float],
+    *,
+    steps: int = 100,
+    series: dict[str, list[tuple[int, float]]] | None = None,
+    state: str = "finished",
+) -> str:
     """A run directory written by hand: config (d_model sets the id), meta (N, tokens per step), status,
     and metrics.jsonl with ``finals`` at the last step (plus ``series`` of (step, value))."""
     cfg = C.RunConfig()
     cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, d_model=d_model, n_head=1))
     rd = store.add(cfg, experiment="fake")
     tps = cfg.train.batch_size * cfg.model.seq_len
-    (rd.path / "meta.json").write_text(json.dumps({
-        "params_total": n * 1.5, "params_embedding": n * 0.5, "params_nonembedding": n,
-        "flops_per_token": 6 * n, "tokens_per_step": tps, "total_steps": steps}))
-    rows = [{"step": s, "tokens": s * tps, "flops": 6.0 * n * s * tps, "wall_s": 0.1 * s, "metric": m, "value": v}
-            for m, pts in (series or {}).items() for s, v in pts]
-    rows += [{"step": steps, "tokens": steps * tps, "flops": 6.0 * n * steps * tps, "wall_s": 0.1 * steps,
-              "metric": m, "value": v} for m, v in finals.items()]
+    (rd.path / "meta.json").write_text(
+        json.dumps(
+            {
+                "params_total": n * 1.5,
+                "params_embedding": n * 0.5,
+                "params_nonembedding": n,
+                "flops_per_token": 6 * n,
+                "tokens_per_step": tps,
+                "total_steps": steps,
+            }
+        )
+    )
+    rows = [
+        {"step": s, "tokens": s * tps, "flops": 6.0 * n * s * tps, "wall_s": 0.1 * s, "metric": m, "value": v}
+        for m, pts in (series or {}).items()
+        for s, v in pts
+    ]
+    rows += [
+        {
+            "step": steps,
+            "tokens": steps * tps,
+            "flops": 6.0 * n * steps * tps,
+            "wall_s": 0.1 * steps,
+            "metric": m,
+            "value": v,
+        }
+        for m, v in finals.items()
+    ]
     rd.metrics_path.write_text("".join(json.dumps(r) + "\n" for r in rows))
     rd.write_status(state, step=steps, experiment="fake")
     return rd.id
@@ -53,8 +82,12 @@ def scale_store(path, ns=NS, L=L_ABRUPT, noise=0.0, seed=0) -> Store:
     for i, n in enumerate(ns):
         ell = loss_of(n) * math.exp(rng.normal(0, noise))
         acc = float(np.clip(math.exp(-L * ell) + rng.normal(0, noise), 0, 1))
-        fake_run(st, 8 + 4 * i, float(n), {"induction/copy_accuracy": acc, "induction/copy_logprob": -ell,
-                                           "val_loss": 1.0 + ell})
+        fake_run(
+            st,
+            8 + 4 * i,
+            float(n),
+            {"induction/copy_accuracy": acc, "induction/copy_logprob": -ell, "val_loss": 1.0 + ell},
+        )
     return st
 
 
@@ -94,13 +127,28 @@ def test_groups_split_runs_by_what_varies_other_than_scale(tmp_path, capsys):
     # Three more runs that differ in the learning rate: two groups of three, each too small to fit.
     for i, n in enumerate(NS[3:6]):
         cfg = C.RunConfig()
-        cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, lr=1e-2),
-                                  model=dataclasses.replace(cfg.model, d_model=100 + 4 * i, n_head=1))
+        cfg = dataclasses.replace(
+            cfg,
+            train=dataclasses.replace(cfg.train, lr=1e-2),
+            model=dataclasses.replace(cfg.model, d_model=100 + 4 * i, n_head=1),
+        )
         rd = st.add(cfg)
-        (rd.path / "meta.json").write_text(json.dumps({"params_nonembedding": float(n), "tokens_per_step": 10,
-                                                       "flops_per_token": 6.0 * n}))
-        rd.metrics_path.write_text(json.dumps({"step": 5, "tokens": 50, "flops": 1.0, "wall_s": 1.0,
-                                               "metric": "induction/copy_accuracy", "value": 0.5}) + "\n")
+        (rd.path / "meta.json").write_text(
+            json.dumps({"params_nonembedding": float(n), "tokens_per_step": 10, "flops_per_token": 6.0 * n})
+        )
+        rd.metrics_path.write_text(
+            json.dumps(
+                {
+                    "step": 5,
+                    "tokens": 50,
+                    "flops": 1.0,
+                    "wall_s": 1.0,
+                    "metric": "induction/copy_accuracy",
+                    "value": 0.5,
+                }
+            )
+            + "\n"
+        )
         rd.write_status("finished", step=5)
     res = analyze(st.path, bootstrap=10)
     groups = sorted(e["group"]["train.lr"] for e in res["scale"])
@@ -115,8 +163,21 @@ def test_forecast_is_recorded_then_scored_by_the_ledger(tmp_path, capsys):
     # N* = (A / ln 2)^2 ≈ 1873. Fitted on the 5 runs with N <= 1300 (all below N*), scored on the rest.
     st = scale_store(tmp_path / "s", ns=np.geomspace(100, 1e5, 12), L=1)
     n_true = (A / math.log(2)) ** 2
-    argv = ["emergence", str(st.path), "--forecast", "induction/copy_accuracy", "--threshold", "0.5",
-            "--x", "params_nonembedding", "--up-to", "1300", "--bootstrap", "50", "--json"]
+    argv = [
+        "emergence",
+        str(st.path),
+        "--forecast",
+        "induction/copy_accuracy",
+        "--threshold",
+        "0.5",
+        "--x",
+        "params_nonembedding",
+        "--up-to",
+        "1300",
+        "--bootstrap",
+        "50",
+        "--json",
+    ]
     assert cli_main(argv) == 0
     rec = json.loads(capsys.readouterr().out)
     assert rec["kind"] == "emergence_crossing" and rec["n_points"] == 5 and rec["fit_max_x"] < n_true
@@ -139,8 +200,7 @@ def test_forecast_is_recorded_then_scored_by_the_ledger(tmp_path, capsys):
 
 def test_forecast_waits_for_larger_runs(tmp_path, capsys):
     st = scale_store(tmp_path / "s", ns=np.geomspace(100, 1000, 6), L=1)
-    assert cli_main(["emergence", str(st.path), "--forecast", "copy", "--threshold", "0.5",
-                     "--bootstrap", "20"]) == 0
+    assert cli_main(["emergence", str(st.path), "--forecast", "copy", "--threshold", "0.5", "--bootstrap", "20"]) == 0
     assert "reaches 0.5" in capsys.readouterr().out
     assert cli_main(["forecast", "--score", str(st.path), "--json"]) == 0
     (rec,) = json.loads(capsys.readouterr().out)
@@ -193,8 +253,16 @@ def test_phase_rows_from_step_series(tmp_path, capsys):
     steps = [0, 20, 40, 60, 80, 100]
     pm = [0.1, 0.1, 0.1, 0.8, 0.8, 0.8]
     icl = [0.0, 0.0, 0.0, -3.0, -3.0, -3.0]
-    fake_run(st, 32, 1e4, {}, series={"induction/max_prefix_matching": list(zip(steps, pm, strict=True)),
-                                      "icl/score": list(zip(steps, icl, strict=True))})
+    fake_run(
+        st,
+        32,
+        1e4,
+        {},
+        series={
+            "induction/max_prefix_matching": list(zip(steps, pm, strict=True)),
+            "icl/score": list(zip(steps, icl, strict=True)),
+        },
+    )
     assert cli_main(["emergence", str(st.path), "--json"]) == 0
     (row,) = json.loads(capsys.readouterr().out)["runs"]
     assert row["d_model"] == 32 and row["induction_transition_step"] == pytest.approx(50)
@@ -215,11 +283,26 @@ def test_transitions_over_training_steps(tmp_path, capsys):
     steps = 2 ** np.arange(13)
     s = 1 / (1 + np.exp(-(np.log(steps) - math.log(500)) / 0.15))
     acc, lp = 0.02 + 0.85 * s, -4.1 + 3.6 * s
-    rid = fake_run(st, 32, 1e4, {}, steps=int(steps[-1]), series={
-        "induction/copy_accuracy": list(zip(steps.tolist(), acc, strict=True)),
-        "induction/copy_logprob": list(zip(steps.tolist(), lp, strict=True))})
-    fake_run(st, 16, 3e3, {}, steps=8, state="running", series={
-        "induction/copy_accuracy": [(int(k), 0.02) for k in steps[:4]]})
+    rid = fake_run(
+        st,
+        32,
+        1e4,
+        {},
+        steps=int(steps[-1]),
+        series={
+            "induction/copy_accuracy": list(zip(steps.tolist(), acc, strict=True)),
+            "induction/copy_logprob": list(zip(steps.tolist(), lp, strict=True)),
+        },
+    )
+    fake_run(
+        st,
+        16,
+        3e3,
+        {},
+        steps=8,
+        state="running",
+        series={"induction/copy_accuracy": [(int(k), 0.02) for k in steps[:4]]},
+    )
     assert cli_main(["emergence", str(st.path), "--steps", "--json", "--bootstrap", "20"]) == 0
     (entry,) = json.loads(capsys.readouterr().out)["steps"]
     assert entry["id"] == rid and entry["x"] == "step"

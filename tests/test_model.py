@@ -9,8 +9,9 @@ from scalescope.model import GPT, flops_per_token, param_counts
 @pytest.mark.parametrize("attn_only", [True, False])
 @pytest.mark.parametrize("bias", [True, False])
 def test_param_counts_match_module(tie, attn_only, bias):
-    cfg = ModelConfig(n_layer=3, d_model=32, n_head=4, seq_len=16, tie_embeddings=tie, attn_only=attn_only,
-                      bias=bias, d_mlp=48)
+    cfg = ModelConfig(
+        n_layer=3, d_model=32, n_head=4, seq_len=16, tie_embeddings=tie, attn_only=attn_only, bias=bias, d_mlp=48
+    )
     m = GPT(cfg, vocab_size=50)
     pc = m.param_counts()
     assert pc.total == sum(p.numel() for p in m.parameters())  # parameters() de-duplicates tied weights

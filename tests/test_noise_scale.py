@@ -74,8 +74,9 @@ def test_moment_estimates_is_the_sample_covariance():
     assert s["G2"] == pytest.approx(mean @ mean - s["trace"] / (7 * b), rel=1e-12)
     assert s["small_sq"] == pytest.approx((g * g).sum(1).mean()) and s["big_sq"] == pytest.approx(mean @ mean)
     # Jackknife by brute force: leave each micro-batch out and recompute.
-    loo = np.array([moment_estimates((h * h).sum(1), h @ h.sum(0), b)["G2"] for h in (np.delete(g, j, 0)
-                                                                                         for j in range(7))])
+    loo = np.array(
+        [moment_estimates((h * h).sum(1), h @ h.sum(0), b)["G2"] for h in (np.delete(g, j, 0) for j in range(7))]
+    )
     assert s["G2_stderr"] == pytest.approx(np.sqrt(6 / 7 * ((loo - loo.mean()) ** 2).sum()), rel=1e-10)
 
 
@@ -102,9 +103,14 @@ def test_estimates_within_5_percent_large_sample():
     k, b = 20_000, 16
     g = _micro_grads(rng, k, b)
     s, h = _stats(g, b), _stats(g, b, np.diag(S_DIAG))
-    for name, est, se in (("G2", s["G2"], s["G2_stderr"]), ("trace_sigma", s["trace"], s["trace_stderr"]),
-                          ("B_simple", s["ratio"], s["ratio_stderr"]), ("gHg", h["G2"], h["G2_stderr"]),
-                          ("trace_HSigma", h["trace"], h["trace_stderr"]), ("B_noise", h["ratio"], h["ratio_stderr"])):
+    for name, est, se in (
+        ("G2", s["G2"], s["G2_stderr"]),
+        ("trace_sigma", s["trace"], s["trace_stderr"]),
+        ("B_simple", s["ratio"], s["ratio_stderr"]),
+        ("gHg", h["G2"], h["G2_stderr"]),
+        ("trace_HSigma", h["trace"], h["trace_stderr"]),
+        ("B_noise", h["ratio"], h["ratio_stderr"]),
+    ):
         truth = TRUTH[name]
         assert se / truth < 0.0125, name
         assert est == pytest.approx(truth, rel=0.05), name
@@ -164,9 +170,14 @@ def test_probe_pipeline_within_5_percent_of_truth():
     est = estimate_noise_scale(_LinReg(), _batch(10, k * b), k, _batch(11, n_h))
     assert (est.b_small, est.b_big, est.n_micro) == (b, k * b, k)
     h_err = np.sqrt(2 / n_h)
-    for name, se in (("G2", est.G2_stderr), ("trace_sigma", est.trace_sigma_stderr),
-                     ("B_simple", est.B_simple_stderr), ("B_noise", est.B_noise_stderr),
-                     ("gHg", None), ("trace_HSigma", None)):
+    for name, se in (
+        ("G2", est.G2_stderr),
+        ("trace_sigma", est.trace_sigma_stderr),
+        ("B_simple", est.B_simple_stderr),
+        ("B_noise", est.B_noise_stderr),
+        ("gHg", None),
+        ("trace_HSigma", None),
+    ):
         value, truth = getattr(est, name), TRUTH[name]
         assert value == pytest.approx(truth, rel=0.05), name
         if se is not None:
@@ -204,13 +215,13 @@ def test_hvp_on_sdpa_model_matches_finite_differences():
         with torch.no_grad():
             i = 0
             for p in params:
-                p.add_(shift * v[0, i:i + p.numel()].view_as(p))
+                p.add_(shift * v[0, i : i + p.numel()].view_as(p))
                 i += p.numel()
         gr = torch.autograd.grad(model.loss(b.inputs, b.targets), params)
         with torch.no_grad():
             i = 0
             for p in params:
-                p.sub_(shift * v[0, i:i + p.numel()].view_as(p))
+                p.sub_(shift * v[0, i : i + p.numel()].view_as(p))
                 i += p.numel()
         return torch.cat([x.reshape(-1) for x in gr])
 
@@ -241,14 +252,17 @@ def test_bad_options_are_config_errors():
 # --- in a training run, and offline -----------------------------------------------------------------
 
 
-
-
 def test_instrument_in_training_logs_raw_statistics_and_changes_nothing(tiny_toml, tmp_path):
-    rd = train_tiny(tiny_toml, tmp_path, """
+    rd = train_tiny(
+        tiny_toml,
+        tmp_path,
+        """
     [instruments.noise_scale]
     n_micro = 4
     hessian_every = 3
-    """, "ns.toml")
+    """,
+        "ns.toml",
+    )
     rows = rd.read_metrics()
     by = {}
     for r in rows:
@@ -268,8 +282,7 @@ def test_instrument_in_training_logs_raw_statistics_and_changes_nothing(tiny_tom
     np.testing.assert_allclose(ema_ratio(g2s, trs, 0.8), [by["noise_scale/B_simple"][s] or np.nan for s in evals])
     # Training is untouched (the probe uses the probe stream, autograd.grad, and a forked RNG).
     plain = train_tiny(tiny_toml, tmp_path, "", "plain.toml")
-    assert [r["value"] for r in plain.read_metrics() if r["metric"] == "val_loss"] == \
-        [by["val_loss"][s] for s in evals]
+    assert [r["value"] for r in plain.read_metrics() if r["metric"] == "val_loss"] == [by["val_loss"][s] for s in evals]
 
 
 def test_offline_probe_command(tiny_toml, tmp_path, capsys):

@@ -43,7 +43,7 @@ def test_expected_dynamics_match_monte_carlo(opt):
     rng = np.random.default_rng(0)
     theta = np.tile(np.sqrt([1.0, 4.0, 9.0]), (n, 1))
     mom = np.zeros_like(theta)
-    P = h ** -opt.precondition
+    P = h**-opt.precondition
     sim = [0.5 * (h * theta**2).sum(1)]
     for _ in range(T):
         g = h * theta + rng.normal(size=theta.shape) * np.sqrt(c / B)
@@ -113,8 +113,14 @@ def test_nqm_from_measurements():
     h = np.array([2.0, 1.0, 0.5, 0.1, -0.05])  # a small negative eigenvalue is dropped
     c = np.array([1.0, 0.8, 0.3, 0.1, 0.1])
     g = np.array([0.4, 0.3, 0.1, 0.05, 0.0])
-    rep = nqm_from_measurements(h, c, grad_in_eigenbasis=g, target_fraction=0.3,
-                                optimizers={"sgd": SGD}, batch_sizes=np.geomspace(0.01, 1000, 11))
+    rep = nqm_from_measurements(
+        h,
+        c,
+        grad_in_eigenbasis=g,
+        target_fraction=0.3,
+        optimizers={"sgd": SGD},
+        batch_sizes=np.geomspace(0.01, 1000, 11),
+    )
     assert rep["n_dropped"] == 1
     direct = NQM(h[:4], c[:4], (g[:4] / h[:4]) ** 2)
     assert rep["initial_loss"] == pytest.approx(direct.initial_loss)

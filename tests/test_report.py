@@ -57,11 +57,27 @@ def test_report_is_self_contained_and_renders(store, tmp_path, capsys):
         pytest.skip("Debian's chromium is not installed (scripts/test.sh installs it)")
     shot = tmp_path / "shot.png"
     r = subprocess.run(
-        [chromium, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-         "--disable-background-networking", "--disable-component-update", "--disable-sync",
-         f"--user-data-dir={tmp_path / 'profile'}", "--enable-logging=stderr", "--v=0",
-         f"--screenshot={shot}", "--window-size=1200,2000", out.as_uri()],
-        capture_output=True, text=True, timeout=120)
+        [
+            chromium,
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-quic",
+            "--no-first-run",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+            f"--user-data-dir={tmp_path / 'profile'}",
+            "--enable-logging=stderr",
+            "--v=0",
+            f"--screenshot={shot}",
+            "--window-size=1200,2000",
+            out.as_uri(),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     log = r.stdout + r.stderr
     assert shot.exists(), log
     assert "Failed to load resource" not in log and "net::ERR" not in log
@@ -79,8 +95,23 @@ def test_forecast_recorded_before_target_then_scored(store, tmp_path, capsys):
     target = runs[(runs["model.d_model"] == 32) & (runs["train.tokens"] == 5120)].iloc[0]
     shutil.rmtree(work / "runs" / target["id"])  # the target does not exist yet
     n, d = int(target["params_nonembedding"]), int(target["tokens"])
-    assert main(["forecast", "--store", str(work), "--target-n", str(n), "--target-d", str(d),
-                 "--bootstrap", "50", "--json"]) == 0
+    assert (
+        main(
+            [
+                "forecast",
+                "--store",
+                str(work),
+                "--target-n",
+                str(n),
+                "--target-d",
+                str(d),
+                "--bootstrap",
+                "50",
+                "--json",
+            ]
+        )
+        == 0
+    )
     rec = json.loads(capsys.readouterr().out)
     assert rec["target"]["N"] == n and rec["target"]["D"] == d
     assert not rec.get("target_existed")

@@ -29,15 +29,22 @@ def _one(ctx, key):
 def test_icl_induction_panel_renders_both_scores_and_the_half_way_steps(tmp_path):
     st = Store(tmp_path / "s").ensure_writable()
     steps = [0, 20, 40, 60, 80, 100]
-    fake_run(st, 32, 1e4, {}, series={
-        "induction/max_prefix_matching": list(zip(steps, [0.1, 0.1, 0.1, 0.8, 0.8, 0.8], strict=True)),
-        "icl/score": list(zip(steps, [0.0, 0.0, 0.0, -3.0, -3.0, -3.0], strict=True))})
+    fake_run(
+        st,
+        32,
+        1e4,
+        {},
+        series={
+            "induction/max_prefix_matching": list(zip(steps, [0.1, 0.1, 0.1, 0.8, 0.8, 0.8], strict=True)),
+            "icl/score": list(zip(steps, [0.0, 0.0, 0.0, -3.0, -3.0, -3.0], strict=True)),
+        },
+    )
     sec = _one(_ctx(st.path), "icl_induction")
     assert sec.skipped is None, sec.skipped
     assert sec.body.count("<img") == 1
     # Table row: final prefix matching 0.800, step at 0.4 = 40 + 20·0.3/0.7 ≈ 49, both half-way steps 50.
-    assert "<td class=\"num\">0.800</td>" in sec.body and "<td class=\"num\">49</td>" in sec.body
-    assert sec.body.count("<td class=\"num\">50</td>") == 2 and "-3.000" in sec.body
+    assert '<td class="num">0.800</td>' in sec.body and '<td class="num">49</td>' in sec.body
+    assert sec.body.count('<td class="num">50</td>') == 2 and "-3.000" in sec.body
 
 
 def test_icl_regression_panel_reads_the_last_steps_error_curves(tmp_path):
@@ -52,7 +59,7 @@ def test_icl_regression_panel_reads_the_last_steps_error_curves(tmp_path):
     rd.save_artifact("icl_regression/error_by_k/nearest_3", 20, np.full(11, 0.7))
     sec = _one(_ctx(st.path), "icl_regression_error")
     assert sec.skipped is None, sec.skipped
-    assert sec.body.count("<img") == 1 and "<td class=\"num\">20</td>" in sec.body
+    assert sec.body.count("<img") == 1 and '<td class="num">20</td>' in sec.body
     # At k = 10: model 1/11, least squares 0, 3-NN 0.7; step 10's model error (1.000) is not shown.
     assert f"{1 / 11:.3f}" in sec.body and "0.700" in sec.body and "0.000" in sec.body
     assert "1.000" not in sec.body
@@ -69,7 +76,7 @@ def test_capability_panel_draws_both_metrics_and_a_forecast(tmp_path):
     assert sec.body.count("<img") == 1
     # The summary table: the copy capability over 8 runs with a verdict, and the forecast's row, pending
     # until `scalescope forecast --score` runs (the panel shows the ledger's stored score).
-    assert "<td>copy</td><td class=\"num\">8</td>" in sec.body
+    assert '<td>copy</td><td class="num">8</td>' in sec.body
     assert rec["id"] in sec.body and "pending" in sec.body
 
 
@@ -79,8 +86,12 @@ def _pool_run(st: Store, m: int, fresh_model: float, pool_model: float) -> str:
     cfg = C.from_dict({"data": {"kind": "linear_regression", "dim": 3, "task_pool": m}})
     rd = st.add(cfg, experiment="fake")
     rd.write_status("finished", step=10, experiment="fake")
-    curves = {"fresh/error_by_k/model": fresh_model, "fresh/error_by_k/pool_posterior": fresh_model + 0.1,
-              "fresh/error_by_k/ridge": 0.25, "error_by_k/model": pool_model}
+    curves = {
+        "fresh/error_by_k/model": fresh_model,
+        "fresh/error_by_k/pool_posterior": fresh_model + 0.1,
+        "fresh/error_by_k/ridge": 0.25,
+        "error_by_k/model": pool_model,
+    }
     for name, v in curves.items():
         rd.save_artifact("icl_regression/" + name, 10, np.array([1.0, v, v, v]))
     return rd.id
@@ -105,8 +116,10 @@ def test_panels_skip_with_reasons_on_a_plain_store(tmp_path):
     st = Store(tmp_path / "s").ensure_writable()
     fake_run(st, 32, 1e4, {"val_loss": 2.0})
     ctx = _ctx(st.path)
-    reasons = {s.key: s.skipped for s in build_sections(ctx, ["icl_induction", "icl_regression_error",
-                                                               "task_diversity", "capability_scale"])}
+    reasons = {
+        s.key: s.skipped
+        for s in build_sections(ctx, ["icl_induction", "icl_regression_error", "task_diversity", "capability_scale"])
+    }
     assert "instruments.icl" in reasons["icl_induction"]
     assert "instruments.icl_regression" in reasons["icl_regression_error"]
     assert "data.task_pool" in reasons["task_diversity"]

@@ -37,15 +37,25 @@ def test_sigkill_at_arbitrary_moments_then_resume_is_bitwise_identical(tiny_toml
     exp = tiny_toml(tokens=8 * 16 * 300, eval_every=25, checkpoint_every=7)
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     ref = tmp_path / "ref"
-    subprocess.run(cli_cmd("run", str(exp), "--store", str(ref), "--workers", "1", "--quiet"),
-                   check=True, env=env, cwd=ROOT, capture_output=True)
+    subprocess.run(
+        cli_cmd("run", str(exp), "--store", str(ref), "--workers", "1", "--quiet"),
+        check=True,
+        env=env,
+        cwd=ROOT,
+        capture_output=True,
+    )
 
     killed = tmp_path / "killed"
     kills = 0
     for wait_step in (20, 90, 180):
-        proc = subprocess.Popen(cli_cmd("run", str(exp), "--store", str(killed), "--workers", "1", "--quiet"),
-                                env=env, cwd=ROOT, start_new_session=True,
-                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        proc = subprocess.Popen(
+            cli_cmd("run", str(exp), "--store", str(killed), "--workers", "1", "--quiet"),
+            env=env,
+            cwd=ROOT,
+            start_new_session=True,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
         deadline = time.time() + 60
         while time.time() < deadline and proc.poll() is None:
             if status_of(killed).get("step", 0) >= wait_step:
@@ -58,8 +68,13 @@ def test_sigkill_at_arbitrary_moments_then_resume_is_bitwise_identical(tiny_toml
     assert kills >= 2, "the run finished before it could be killed; make it longer"
     assert status_of(killed).get("state") != "finished"
 
-    done = subprocess.run(cli_cmd("run", str(exp), "--store", str(killed), "--workers", "1", "--quiet"),
-                          env=env, cwd=ROOT, capture_output=True, text=True)
+    done = subprocess.run(
+        cli_cmd("run", str(exp), "--store", str(killed), "--workers", "1", "--quiet"),
+        env=env,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+    )
     assert done.returncode == 0, done.stderr
     assert status_of(killed)["state"] == "finished"
     a, b = deterministic_rows(ref), deterministic_rows(killed)

@@ -19,18 +19,30 @@ from .conftest import cli_cmd, train_tiny
 
 
 def _cfg(data=None, model=None, train=None, **kw):
-    return C.from_dict({"data": {"kind": "bursty_classification", "n_classes": 64, "n_labels": 8, "item_dim": 16,
-                                 **(data or {})},
-                        "model": {"n_layer": 2, "d_model": 32, "n_head": 1, "seq_len": 17, "attn_only": True,
-                                  **(model or {})},
-                        "train": train or {}, **kw})
+    return C.from_dict(
+        {
+            "data": {"kind": "bursty_classification", "n_classes": 64, "n_labels": 8, "item_dim": 16, **(data or {})},
+            "model": {"n_layer": 2, "d_model": 32, "n_head": 1, "seq_len": 17, "attn_only": True, **(model or {})},
+            "train": train or {},
+            **kw,
+        }
+    )
 
 
 def _src(**kw):
-    args = {"n_classes": 64, "n_labels": 8, "item_dim": 16, "seq_len": 17, "burstiness": 2, "seed": 0,
-            "stream_seed": 1, **kw}
-    return BurstyClassificationSource(args.pop("n_classes"), args.pop("n_labels"), args.pop("item_dim"),
-                                      args.pop("seq_len"), **args)
+    args = {
+        "n_classes": 64,
+        "n_labels": 8,
+        "item_dim": 16,
+        "seq_len": 17,
+        "burstiness": 2,
+        "seed": 0,
+        "stream_seed": 1,
+        **kw,
+    }
+    return BurstyClassificationSource(
+        args.pop("n_classes"), args.pop("n_labels"), args.pop("item_dim"), args.pop("seq_len"), **args
+    )
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -160,25 +172,36 @@ def test_config_resolves_and_builds():
     assert C.run_id(_cfg({"burstiness": 2})) != C.run_id(_cfg({"burstiness": 4}))
     # New fields at their defaults leave every other kind's run id alone.
     d0 = C.to_dict(C.from_dict({}))["data"]
-    for f in ("n_classes", "n_labels", "item_dim", "context_pairs", "within_class_noise", "zipf_exponent",
-              "burstiness", "p_bursty"):
+    for f in (
+        "n_classes",
+        "n_labels",
+        "item_dim",
+        "context_pairs",
+        "within_class_noise",
+        "zipf_exponent",
+        "burstiness",
+        "p_bursty",
+    ):
         assert d0[f] is None and C.HASH_OMIT_IF_DEFAULT["data"][f] is None
 
 
-@pytest.mark.parametrize("data,model,field", [
-    ({"n_labels": 16, "n_classes": 8}, {}, "data.n_classes"),  # more labels than classes
-    ({"n_labels": 1}, {}, "data.n_labels"),
-    ({"n_classes": 10_000_000}, {}, "data.n_classes"),  # a 160M-entry centre table
-    ({"burstiness": 3}, {}, "data.burstiness"),  # does not divide the 8 pairs
-    ({"burstiness": 0}, {}, "data.burstiness"),
-    ({"context_pairs": 9}, {}, "data.context_pairs"),  # 19 positions needed, 17 available
-    ({}, {"seq_len": 2}, "data.context_pairs"),  # no room for even one pair and a query
-    ({"item_dim": 0}, {}, "data.item_dim"),
-    ({"within_class_noise": -0.1}, {}, "data.within_class_noise"),
-    ({"zipf_exponent": -1.0}, {}, "data.zipf_exponent"),
-    ({"p_bursty": 1.5}, {}, "data.p_bursty"),
-    ({}, {"input_dim": 7}, "model.input_dim"),
-])
+@pytest.mark.parametrize(
+    "data,model,field",
+    [
+        ({"n_labels": 16, "n_classes": 8}, {}, "data.n_classes"),  # more labels than classes
+        ({"n_labels": 1}, {}, "data.n_labels"),
+        ({"n_classes": 10_000_000}, {}, "data.n_classes"),  # a 160M-entry centre table
+        ({"burstiness": 3}, {}, "data.burstiness"),  # does not divide the 8 pairs
+        ({"burstiness": 0}, {}, "data.burstiness"),
+        ({"context_pairs": 9}, {}, "data.context_pairs"),  # 19 positions needed, 17 available
+        ({}, {"seq_len": 2}, "data.context_pairs"),  # no room for even one pair and a query
+        ({"item_dim": 0}, {}, "data.item_dim"),
+        ({"within_class_noise": -0.1}, {}, "data.within_class_noise"),
+        ({"zipf_exponent": -1.0}, {}, "data.zipf_exponent"),
+        ({"p_bursty": 1.5}, {}, "data.p_bursty"),
+        ({}, {"input_dim": 7}, "model.input_dim"),
+    ],
+)
 def test_bad_configs_name_the_field(data, model, field):
     with pytest.raises(C.ConfigError) as e:
         _cfg(data, model)
@@ -202,7 +225,13 @@ def test_builtin_experiment_expands():
     exp = load_experiment(Path(scalescope.__file__).parent / "experiments" / "bursty_fewshot.toml")
     assert len(exp.runs) == 6
     assert sorted({(r.data.p_bursty, r.data.zipf_exponent) for r in exp.runs}) == [
-        (0.0, 0.0), (0.0, 1.0), (0.9, 0.0), (0.9, 1.0), (1.0, 0.0), (1.0, 1.0)]
+        (0.0, 0.0),
+        (0.0, 1.0),
+        (0.9, 0.0),
+        (0.9, 1.0),
+        (1.0, 0.0),
+        (1.0, 1.0),
+    ]
     assert all(r.model.input_dim == 64 and r.instruments.get("fewshot") is not None for r in exp.runs)
 
 
@@ -295,8 +324,12 @@ def test_short_training_learns_in_weights_and_offline_cli(tmp_path, capsys):
     assert last["fewshot/iwl/accuracy"] > 0.8 and last["fewshot/icl/accuracy"] < 0.3
     first = {r["metric"]: r["value"] for r in rows if r["step"] == 0}
     assert last["fewshot/iwl/logp"] > first["fewshot/iwl/logp"] + 1.0
-    r = subprocess.run(cli_cmd("probe", "fewshot", str(rd.path), "--json", "--n-batches", "1", "--batch-size", "256"),
-                       capture_output=True, text=True, timeout=120)
+    r = subprocess.run(
+        cli_cmd("probe", "fewshot", str(rd.path), "--json", "--n-batches", "1", "--batch-size", "256"),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert r.returncode == 0, r.stderr
     res = json.loads(r.stdout)
     assert res["step"] == 100 and res["sequences"] == 256 and res["source"]["n_classes"] == 32
@@ -313,8 +346,7 @@ def test_short_training_learns_in_weights_and_offline_cli(tmp_path, capsys):
 
 def test_offline_probe_of_another_source_is_one_line_exit_2(tiny_toml, tmp_path):
     rd = train_tiny(tiny_toml, tmp_path, "", "markov.toml")
-    r = subprocess.run(cli_cmd("probe", "fewshot", str(rd.path), "--json"), capture_output=True, text=True,
-                       timeout=120)
+    r = subprocess.run(cli_cmd("probe", "fewshot", str(rd.path), "--json"), capture_output=True, text=True, timeout=120)
     assert r.returncode == 2 and r.stdout == ""
     lines = r.stderr.strip().splitlines()
     assert len(lines) == 1 and "bursty_classification" in lines[0] and "markov" in lines[0]

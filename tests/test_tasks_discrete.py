@@ -25,8 +25,13 @@ from .conftest import train_tiny
 
 
 def _cfg(data=None, model=None, **kw):
-    return C.from_dict({"data": {"kind": "discrete_tasks", "vocab_size": 12, "n_inputs": 8, **(data or {})},
-                        "model": {"n_layer": 1, "d_model": 16, "n_head": 2, "seq_len": 15, **(model or {})}, **kw})
+    return C.from_dict(
+        {
+            "data": {"kind": "discrete_tasks", "vocab_size": 12, "n_inputs": 8, **(data or {})},
+            "model": {"n_layer": 1, "d_model": 16, "n_head": 2, "seq_len": 15, **(model or {})},
+            **kw,
+        }
+    )
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -87,15 +92,18 @@ def test_config_resolves_and_keeps_old_ids():
     assert all(C.HASH_OMIT_IF_DEFAULT["data"][f] is None for f in ("n_tasks", "n_inputs", "n_outputs"))
 
 
-@pytest.mark.parametrize("data,field", [
-    ({"n_tasks": 0}, "data.n_tasks"),
-    ({"n_outputs": 1}, "data.n_outputs"),
-    ({"n_inputs": 9}, "data.vocab_size"),  # 9 + 4 symbols > vocab 12
-    ({"vocab_size": 4, "n_inputs": None}, "data.n_inputs"),  # no input symbols left
-    ({"n_inputs": 2, "n_outputs": 2, "n_tasks": 5}, "data.n_tasks"),  # only 2^2 = 4 distinct maps
-    ({"n_tasks": 2_000_000, "n_inputs": 8}, "data.n_tasks"),
-    ({"seq_len": 2}, "model.seq_len"),  # no room for a demonstration before a query
-])
+@pytest.mark.parametrize(
+    "data,field",
+    [
+        ({"n_tasks": 0}, "data.n_tasks"),
+        ({"n_outputs": 1}, "data.n_outputs"),
+        ({"n_inputs": 9}, "data.vocab_size"),  # 9 + 4 symbols > vocab 12
+        ({"vocab_size": 4, "n_inputs": None}, "data.n_inputs"),  # no input symbols left
+        ({"n_inputs": 2, "n_outputs": 2, "n_tasks": 5}, "data.n_tasks"),  # only 2^2 = 4 distinct maps
+        ({"n_tasks": 2_000_000, "n_inputs": 8}, "data.n_tasks"),
+        ({"seq_len": 2}, "model.seq_len"),  # no room for a demonstration before a query
+    ],
+)
 def test_bad_configs(data, field):
     data = dict(data)
     model = {"seq_len": data.pop("seq_len")} if "seq_len" in data else None
@@ -245,8 +253,10 @@ def test_instrument_in_training_and_offline_cli(disc_store, capsys):
     rid = t.runs["id"].iloc[0]
     assert (disc_store / "runs" / rid / "artifacts").is_dir()
     capsys.readouterr()
-    assert main(["probe", "task-id", str(disc_store / "runs" / rid), "--json", "--n-batches", "1",
-                 "--batch-size", "16"]) == 0
+    assert (
+        main(["probe", "task-id", str(disc_store / "runs" / rid), "--json", "--n-batches", "1", "--batch-size", "16"])
+        == 0
+    )
     out = json.loads(capsys.readouterr().out)
     assert out["step"] == 40 and len(out["curves"]["seen/acc_by_k/model"]) == 8
     assert 0 <= out["seen/acc_at_0/ideal"] <= 1
@@ -266,12 +276,15 @@ def test_offline_probe_refuses_other_sources(tiny_toml, tmp_path, capsys):
 # Demonstrations against K: growth fits, analysis and panel
 
 
-@pytest.mark.parametrize("truth,fn", [
-    ("log", lambda K: 1.0 + 1.5 * np.log(K)),
-    ("power", lambda K: 0.8 * K**0.5),
-    ("linear", lambda K: 2.0 + 0.02 * K),
-    ("constant", lambda K: 3.0 + 0.0 * K),
-])
+@pytest.mark.parametrize(
+    "truth,fn",
+    [
+        ("log", lambda K: 1.0 + 1.5 * np.log(K)),
+        ("power", lambda K: 0.8 * K**0.5),
+        ("linear", lambda K: 2.0 + 0.02 * K),
+        ("constant", lambda K: 3.0 + 0.0 * K),
+    ],
+)
 def test_growth_fit_picks_the_true_form(truth, fn):
     K = np.repeat(2.0 ** np.arange(1, 11), 2)
     rng = np.random.default_rng(0)

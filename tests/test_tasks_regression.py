@@ -18,9 +18,14 @@ from .conftest import cli_cmd
 
 
 def _cfg(data=None, model=None, train=None, **kw):
-    return C.from_dict({"data": {"kind": "linear_regression", **(data or {})},
-                        "model": {"n_layer": 1, "d_model": 16, "n_head": 2, "seq_len": 12, **(model or {})},
-                        "train": train or {}, **kw})
+    return C.from_dict(
+        {
+            "data": {"kind": "linear_regression", **(data or {})},
+            "model": {"n_layer": 1, "d_model": 16, "n_head": 2, "seq_len": 12, **(model or {})},
+            "train": train or {},
+            **kw,
+        }
+    )
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -71,12 +76,15 @@ def test_config_resolves_and_keeps_old_ids():
     assert d["data"]["dim"] is None and d["data"]["noise_std"] == 0.0 and d["model"]["input_dim"] is None
 
 
-@pytest.mark.parametrize("data,model,field", [
-    ({"dim": 0}, {}, "data.dim"),
-    ({"task_pool": 0}, {}, "data.task_pool"),
-    ({"noise_std": -1.0}, {}, "data.noise_std"),
-    ({"dim": 3}, {"input_dim": 7}, "model.input_dim"),
-])
+@pytest.mark.parametrize(
+    "data,model,field",
+    [
+        ({"dim": 0}, {}, "data.dim"),
+        ({"task_pool": 0}, {}, "data.task_pool"),
+        ({"noise_std": -1.0}, {}, "data.noise_std"),
+        ({"dim": 3}, {"input_dim": 7}, "model.input_dim"),
+    ],
+)
 def test_bad_regression_configs(data, model, field):
     with pytest.raises(C.ConfigError) as e:
         _cfg(data, model)
@@ -84,8 +92,12 @@ def test_bad_regression_configs(data, model, field):
 
 
 def test_regression_fields_belong_to_their_kind():
-    for data, field in [({"dim": 3}, "data.dim"), ({"noise_std": 0.1}, "data.noise_std"),
-                        ({"task_pool": 4}, "data.task_pool"), ({"curriculum_steps": 9}, "data.curriculum_steps")]:
+    for data, field in [
+        ({"dim": 3}, "data.dim"),
+        ({"noise_std": 0.1}, "data.noise_std"),
+        ({"task_pool": 4}, "data.task_pool"),
+        ({"curriculum_steps": 9}, "data.curriculum_steps"),
+    ]:
         with pytest.raises(C.ConfigError, match="only applies") as e:
             C.from_dict({"data": data})
         assert field in str(e.value)
@@ -254,8 +266,12 @@ def test_training_run_records_the_instrument_and_probe_cli(tmp_path):
     names = {r["metric"] for r in rows}
     assert {"val_loss", "icl_regression/error_at_2d/model", "icl_regression/error_at_2d/least_squares"} <= names
     assert (rd.path / "artifacts").is_dir()
-    r = subprocess.run(cli_cmd("probe", "icl-regression", str(rd.path), "--json", "--n-batches", "1"),
-                       capture_output=True, text=True, timeout=120)
+    r = subprocess.run(
+        cli_cmd("probe", "icl-regression", str(rd.path), "--json", "--n-batches", "1"),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert r.returncode == 0, r.stderr
     res = json.loads(r.stdout)
     assert res["step"] == 20 and len(res["error_by_k"]["model"]) == 5
@@ -266,12 +282,21 @@ def _train_regression(tmp_path, *, dim, seq_len, n_layer, d_model, batch_size, s
     from scalescope.store import Store
     from scalescope.train import train
 
-    cfg = C.from_dict({
-        "data": {"kind": "linear_regression", "dim": dim},
-        "model": {"n_layer": n_layer, "d_model": d_model, "n_head": 4, "seq_len": seq_len},
-        "train": {"batch_size": batch_size, "tokens": steps * batch_size * seq_len, "lr": lr, "weight_decay": 0.0,
-                  "eval_every": steps, "eval_batches": 1, "checkpoint_every": steps},
-    })
+    cfg = C.from_dict(
+        {
+            "data": {"kind": "linear_regression", "dim": dim},
+            "model": {"n_layer": n_layer, "d_model": d_model, "n_head": 4, "seq_len": seq_len},
+            "train": {
+                "batch_size": batch_size,
+                "tokens": steps * batch_size * seq_len,
+                "lr": lr,
+                "weight_decay": 0.0,
+                "eval_every": steps,
+                "eval_batches": 1,
+                "checkpoint_every": steps,
+            },
+        }
+    )
     store = Store(tmp_path / "store").ensure_writable()
     rd = store.add(cfg)
     assert train(cfg, rd.path, cache_dir=store.cache_dir, threads=1).status == "finished"
@@ -311,12 +336,21 @@ def test_small_task_pool_tracks_the_pool_posterior(tmp_path):
     from scalescope.train import train
 
     steps, bs, T = 2000, 128, 10
-    cfg = C.from_dict({
-        "data": {"kind": "linear_regression", "dim": 2, "task_pool": 4, "noise_std": 0.25},
-        "model": {"n_layer": 2, "d_model": 64, "n_head": 4, "seq_len": T},
-        "train": {"batch_size": bs, "tokens": steps * bs * T, "lr": 1e-3, "weight_decay": 0.0,
-                  "eval_every": steps, "eval_batches": 1, "checkpoint_every": steps},
-    })
+    cfg = C.from_dict(
+        {
+            "data": {"kind": "linear_regression", "dim": 2, "task_pool": 4, "noise_std": 0.25},
+            "model": {"n_layer": 2, "d_model": 64, "n_head": 4, "seq_len": T},
+            "train": {
+                "batch_size": bs,
+                "tokens": steps * bs * T,
+                "lr": 1e-3,
+                "weight_decay": 0.0,
+                "eval_every": steps,
+                "eval_batches": 1,
+                "checkpoint_every": steps,
+            },
+        }
+    )
     store = Store(tmp_path / "store").ensure_writable()
     rd = store.add(cfg)
     assert train(cfg, rd.path, cache_dir=store.cache_dir, threads=1).status == "finished"

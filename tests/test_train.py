@@ -139,11 +139,18 @@ def test_unknown_instrument_is_a_config_error():
 def test_other_sources_train_end_to_end(kind, tmp_path):
     corpus = tmp_path / "corpus.txt"
     corpus.write_text("the quick brown fox jumps over the lazy dog. " * 400)
-    data = {"text-bytes": {"kind": "text", "path": str(corpus)},
-            "text-bpe": {"kind": "text", "path": str(corpus), "tokenizer": "bpe", "bpe_vocab_size": 300},
-            "hmm": {"kind": "hmm", "vocab_size": 16, "n_hidden": 4, "support": 4}}[kind]
-    cfg = C.from_dict({"data": data, "model": {"n_layer": 1, "d_model": 16, "n_head": 2, "seq_len": 16},
-                       "train": {"batch_size": 8, "tokens": 8 * 16 * 20, "eval_every": 10, "eval_batches": 2}})
+    data = {
+        "text-bytes": {"kind": "text", "path": str(corpus)},
+        "text-bpe": {"kind": "text", "path": str(corpus), "tokenizer": "bpe", "bpe_vocab_size": 300},
+        "hmm": {"kind": "hmm", "vocab_size": 16, "n_hidden": 4, "support": 4},
+    }[kind]
+    cfg = C.from_dict(
+        {
+            "data": data,
+            "model": {"n_layer": 1, "d_model": 16, "n_head": 2, "seq_len": 16},
+            "train": {"batch_size": 8, "tokens": 8 * 16 * 20, "eval_every": 10, "eval_batches": 2},
+        }
+    )
     store = Store(tmp_path / "s").ensure_writable()
     rd = store.add(cfg)
     out = train(cfg, rd.path, cache_dir=store.cache_dir, threads=1)

@@ -90,13 +90,15 @@ def resolve_config(cfg: Any, file: str | None = None) -> None:
     if d.n_labels < 2:
         raise bad(f"expected an integer >= 2, got {d.n_labels}", "n_labels")
     if d.n_classes < d.n_labels:
-        raise bad(f"needs at least as many classes as labels (n_labels = {d.n_labels}), got {d.n_classes}",
-                  "n_classes")
+        raise bad(f"needs at least as many classes as labels (n_labels = {d.n_labels}), got {d.n_classes}", "n_classes")
     if d.item_dim < 1:
         raise bad(f"expected a positive integer, got {d.item_dim}", "item_dim")
     if d.n_classes * d.item_dim > MAX_CENTRE_ENTRIES:
-        raise bad(f"n_classes x item_dim = {d.n_classes * d.item_dim} centre coordinates is too many (at most "
-                  f"{MAX_CENTRE_ENTRIES:,})", "n_classes")
+        raise bad(
+            f"n_classes x item_dim = {d.n_classes * d.item_dim} centre coordinates is too many (at most "
+            f"{MAX_CENTRE_ENTRIES:,})",
+            "n_classes",
+        )
     if d.within_class_noise < 0:
         raise bad(f"expected a number >= 0, got {d.within_class_noise}", "within_class_noise")
     if d.zipf_exponent < 0:
@@ -107,8 +109,11 @@ def resolve_config(cfg: Any, file: str | None = None) -> None:
     if d.context_pairs is None:
         d.context_pairs = (T - 1) // 2
     if d.context_pairs < 1 or 2 * d.context_pairs + 1 > T:
-        raise bad(f"{d.context_pairs} item-label pairs and a query need 2N + 1 = {2 * d.context_pairs + 1} "
-                  f"positions; the context (model.seq_len {T}) holds 1 .. {(T - 1) // 2} pairs", "context_pairs")
+        raise bad(
+            f"{d.context_pairs} item-label pairs and a query need 2N + 1 = {2 * d.context_pairs + 1} "
+            f"positions; the context (model.seq_len {T}) holds 1 .. {(T - 1) // 2} pairs",
+            "context_pairs",
+        )
     N = d.context_pairs
     if d.burstiness is None:
         d.burstiness = default_burstiness(N)
@@ -116,8 +121,11 @@ def resolve_config(cfg: Any, file: str | None = None) -> None:
         raise bad(f"must be a positive divisor of context_pairs ({N}), got {d.burstiness}", "burstiness")
     width = d.item_dim + d.n_labels
     if m.input_dim is not None and m.input_dim != width:
-        raise ConfigError(f"must equal data.item_dim + data.n_labels ({width}) or be omitted, got {m.input_dim}",
-                          file=file, field="model.input_dim")
+        raise ConfigError(
+            f"must equal data.item_dim + data.n_labels ({width}) or be omitted, got {m.input_dim}",
+            file=file,
+            field="model.input_dim",
+        )
     m.input_dim = width
 
 
@@ -126,16 +134,30 @@ class BurstyClassificationSource:
 
     entropy_rate: float | None = None
 
-    def __init__(self, n_classes: int, n_labels: int, item_dim: int, seq_len: int, *, context_pairs: int | None = None,
-                 within_class_noise: float = DEFAULT_NOISE, zipf_exponent: float = 0.0, burstiness: int | None = None,
-                 p_bursty: float = 1.0, seed: int = 0, stream_seed: int = 0):
+    def __init__(
+        self,
+        n_classes: int,
+        n_labels: int,
+        item_dim: int,
+        seq_len: int,
+        *,
+        context_pairs: int | None = None,
+        within_class_noise: float = DEFAULT_NOISE,
+        zipf_exponent: float = 0.0,
+        burstiness: int | None = None,
+        p_bursty: float = 1.0,
+        seed: int = 0,
+        stream_seed: int = 0,
+    ):
         self.n_classes, self.n_labels, self.item_dim = int(n_classes), int(n_labels), int(item_dim)
         self.seq_len = int(seq_len)
         self.n_pairs = (self.seq_len - 1) // 2 if context_pairs is None else int(context_pairs)
         self.burstiness = default_burstiness(self.n_pairs) if burstiness is None else int(burstiness)
         if self.n_pairs < 1 or 2 * self.n_pairs + 1 > self.seq_len or self.n_pairs % self.burstiness:
-            raise ConfigError(f"{self.n_pairs} pairs with burstiness {self.burstiness} do not fit a context of "
-                              f"{self.seq_len}", field="data.context_pairs")
+            raise ConfigError(
+                f"{self.n_pairs} pairs with burstiness {self.burstiness} do not fit a context of {self.seq_len}",
+                field="data.context_pairs",
+            )
         self.eps, self.alpha, self.p_bursty = float(within_class_noise), float(zipf_exponent), float(p_bursty)
         self.vocab_size = self.n_labels
         self.input_dim = self.item_dim + self.n_labels
@@ -185,13 +207,17 @@ class BurstyClassificationSource:
             nb = N // self.burstiness
             fresh = rng.standard_normal((n, nb, self.item_dim)) / math.sqrt(self.item_dim)
             L = self.n_labels
-            lab = (rng.random((n, L)).argsort(axis=1)[:, :nb] if nb <= L else rng.integers(0, L, size=(n, nb)))
+            lab = rng.random((n, L)).argsort(axis=1)[:, :nb] if nb <= L else rng.integers(0, L, size=(n, nb))
             slots, q = self._bursty_slots(rng, n)
             slots = np.concatenate([slots, q[:, None]], axis=1)  # (n, N+1)
             rows = np.arange(n)[:, None]
             items = self._items(rng, fresh[rows, slots])
-            return {"items": items, "labels": lab[rows, slots].astype(np.int64),
-                    "classes": np.full((n, N + 1), -1, dtype=np.int64), "bursty": np.ones(n, dtype=bool)}
+            return {
+                "items": items,
+                "labels": lab[rows, slots].astype(np.int64),
+                "classes": np.full((n, N + 1), -1, dtype=np.int64),
+                "bursty": np.ones(n, dtype=bool),
+            }
         if mode == "iwl":
             q = rng.choice(K, size=n, p=p)
             ctx = rng.choice(K, size=(n, N), p=p)
@@ -211,16 +237,21 @@ class BurstyClassificationSource:
             bursty = rng.random(n) < self.p_bursty
             classes = np.where(bursty[:, None], b_classes, iid)
         items = self._items(rng, self.centres[classes])
-        return {"items": items, "labels": self.class_labels[classes].astype(np.int64), "classes": classes,
-                "bursty": bursty}
+        return {
+            "items": items,
+            "labels": self.class_labels[classes].astype(np.int64),
+            "classes": classes,
+            "bursty": bursty,
+        }
 
     def layout(self, s: dict[str, np.ndarray], seq_len: int) -> Batch:
         """Float tokens (n, seq_len, D + L), targets (n, seq_len) int64 and the query-only loss mask."""
         items, labels = s["items"], s["labels"]
         n, N, D = items.shape[0], items.shape[1] - 1, self.item_dim
         if 2 * N + 1 > seq_len:
-            raise ConfigError(f"a context of {seq_len} positions is too short for {N} pairs and a query",
-                              field="data.context_pairs")
+            raise ConfigError(
+                f"a context of {seq_len} positions is too short for {N} pairs and a query", field="data.context_pairs"
+            )
         tok = np.zeros((n, seq_len, self.input_dim), dtype=np.float32)
         tok[:, 0 : 2 * N + 1 : 2, :D] = items
         rows = np.arange(n)[:, None]
@@ -240,7 +271,16 @@ class BurstyClassificationSource:
         return self.layout(s, seq_len), s
 
     def describe(self) -> dict:
-        return {"kind": "bursty_classification", "n_classes": self.n_classes, "n_labels": self.n_labels,
-                "item_dim": self.item_dim, "context_pairs": self.n_pairs, "within_class_noise": self.eps,
-                "zipf_exponent": self.alpha, "burstiness": self.burstiness, "p_bursty": self.p_bursty,
-                "input_dim": self.input_dim, "chance_loss": math.log(self.n_labels)}
+        return {
+            "kind": "bursty_classification",
+            "n_classes": self.n_classes,
+            "n_labels": self.n_labels,
+            "item_dim": self.item_dim,
+            "context_pairs": self.n_pairs,
+            "within_class_noise": self.eps,
+            "zipf_exponent": self.alpha,
+            "burstiness": self.burstiness,
+            "p_bursty": self.p_bursty,
+            "input_dim": self.input_dim,
+            "chance_loss": math.log(self.n_labels),
+        }

@@ -42,8 +42,7 @@ from scalescope.config import ConfigError
 from scalescope.data.base import SPLIT_STREAM, Batch, Split, stream_rng
 from scalescope.data.markov import combine_seeds
 
-__all__ = ["DiscreteTasksSource", "accuracy_logprob", "lookup_observer", "n_pairs", "pool_observer",
-           "resolve_config"]
+__all__ = ["DiscreteTasksSource", "accuracy_logprob", "lookup_observer", "n_pairs", "pool_observer", "resolve_config"]
 
 DEFAULT_N_TASKS = 16
 DEFAULT_N_OUTPUTS = 4
@@ -63,8 +62,11 @@ def resolve_config(cfg: Any, file: str | None = None) -> None:
     n_outputs defaults to 4, n_inputs to vocab_size - n_outputs, n_tasks to 16. One-line errors."""
     d = cfg.data
     if cfg.model.seq_len < 3:
-        raise ConfigError(f"seq_len {cfg.model.seq_len} is too short for a demonstration and a query "
-                          "(x_1 y_1 x_2: at least 3)", file=file, field="model.seq_len")
+        raise ConfigError(
+            f"seq_len {cfg.model.seq_len} is too short for a demonstration and a query (x_1 y_1 x_2: at least 3)",
+            file=file,
+            field="model.seq_len",
+        )
     if d.n_outputs is None:
         d.n_outputs = DEFAULT_N_OUTPUTS
     if d.n_outputs < 2:
@@ -72,19 +74,29 @@ def resolve_config(cfg: Any, file: str | None = None) -> None:
     if d.n_inputs is None:
         d.n_inputs = d.vocab_size - d.n_outputs
     if d.n_inputs < 1:
-        raise ConfigError(f"expected a positive integer (vocab_size {d.vocab_size} leaves no input symbols "
-                          f"beside n_outputs {d.n_outputs}), got {d.n_inputs}", file=file, field="data.n_inputs")
+        raise ConfigError(
+            f"expected a positive integer (vocab_size {d.vocab_size} leaves no input symbols "
+            f"beside n_outputs {d.n_outputs}), got {d.n_inputs}",
+            file=file,
+            field="data.n_inputs",
+        )
     if d.n_inputs + d.n_outputs > d.vocab_size:
-        raise ConfigError(f"n_inputs + n_outputs = {d.n_inputs + d.n_outputs} symbols exceed vocab_size "
-                          f"({d.vocab_size})", file=file, field="data.vocab_size")
+        raise ConfigError(
+            f"n_inputs + n_outputs = {d.n_inputs + d.n_outputs} symbols exceed vocab_size ({d.vocab_size})",
+            file=file,
+            field="data.vocab_size",
+        )
     if d.n_tasks is None:
         d.n_tasks = DEFAULT_N_TASKS
     if d.n_tasks < 1:
         raise ConfigError(f"expected a positive integer, got {d.n_tasks}", file=file, field="data.n_tasks")
     distinct = _n_maps(d.n_inputs, d.n_outputs)
     if d.n_tasks > min(distinct, MAX_TASKS):
-        why = (f"only n_outputs**n_inputs = {distinct} distinct maps exist" if d.n_tasks > distinct
-               else f"at most {MAX_TASKS} tasks are supported")
+        why = (
+            f"only n_outputs**n_inputs = {distinct} distinct maps exist"
+            if d.n_tasks > distinct
+            else f"at most {MAX_TASKS} tasks are supported"
+        )
         raise ConfigError(f"{d.n_tasks} tasks: {why}", file=file, field="data.n_tasks")
 
 
@@ -122,8 +134,17 @@ class DiscreteTasksSource:
 
     entropy_rate: float | None = None
 
-    def __init__(self, n_tasks: int, n_inputs: int, n_outputs: int, seq_len: int, *, vocab_size: int | None = None,
-                 seed: int = 0, stream_seed: int = 0):
+    def __init__(
+        self,
+        n_tasks: int,
+        n_inputs: int,
+        n_outputs: int,
+        seq_len: int,
+        *,
+        vocab_size: int | None = None,
+        seed: int = 0,
+        stream_seed: int = 0,
+    ):
         self.n_tasks, self.n_inputs, self.n_outputs = int(n_tasks), int(n_inputs), int(n_outputs)
         self.vocab_size = int(vocab_size if vocab_size is not None else n_inputs + n_outputs)
         if self.n_inputs + self.n_outputs > self.vocab_size:
@@ -131,8 +152,9 @@ class DiscreteTasksSource:
         self.seq_len = int(seq_len)
         self.seed, self.stream_seed = int(seed), int(stream_seed)
         # The pool belongs to the task distribution: a function of the data seed, not of the run seed.
-        self.pool = _distinct_maps(np.random.default_rng([self.seed, 0x7A5C]), self.n_tasks, self.n_inputs,
-                                   self.n_outputs)
+        self.pool = _distinct_maps(
+            np.random.default_rng([self.seed, 0x7A5C]), self.n_tasks, self.n_inputs, self.n_outputs
+        )
         self._pool_keys = {m.tobytes() for m in self.pool}
         self._family = _n_maps(self.n_inputs, self.n_outputs)
         # Small families: the pool's sorted indices, to draw unseen maps from the complement directly.
@@ -147,8 +169,9 @@ class DiscreteTasksSource:
     def prepare(self, cache_dir: Path) -> None:
         """Nothing to prepare."""
 
-    def sample(self, split: Split, index: int, batch_size: int, seq_len: int, *, unseen: bool = False
-               ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    def sample(
+        self, split: Split, index: int, batch_size: int, seq_len: int, *, unseen: bool = False
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         """(xs (B, n), ys (B, n), task index in the pool (B,) or -1 for unseen, maps (B, n_in)) of batch
         ``index``; n = :func:`n_pairs` (seq_len). ``unseen``: fresh maps outside the pool, from a stream of
         their own (the same for every split)."""
@@ -156,8 +179,9 @@ class DiscreteTasksSource:
         base = combine_seeds(self.seed, self.stream_seed)
         if unseen:
             if not self.has_unseen:
-                raise ConfigError(f"all {self.n_tasks} maps of the family are in the pool: no unseen tasks",
-                                  field="data.n_tasks")
+                raise ConfigError(
+                    f"all {self.n_tasks} maps of the family are in the pool: no unseen tasks", field="data.n_tasks"
+                )
             rng = np.random.default_rng([base, _UNSEEN_STREAM, SPLIT_STREAM[split], int(index)])
             if self._pool_sorted is not None:
                 # The j-th index outside the pool is j + #{pool indices p_i with p_i - i <= j}.
@@ -195,12 +219,18 @@ class DiscreteTasksSource:
         return b
 
     def describe(self) -> dict:
-        return {"kind": "discrete_tasks", "n_tasks": self.n_tasks, "n_inputs": self.n_inputs,
-                "n_outputs": self.n_outputs, "vocab_size": self.vocab_size, "n_pairs": n_pairs(self.seq_len),
-                "distinct_maps": _n_maps(self.n_inputs, self.n_outputs),
-                "chance_accuracy": 1.0 / self.n_outputs,
-                "note": "loss on output positions only; ideal observers: pool posterior (seen tasks) and "
-                        "lookup (unseen tasks), see data/discrete_tasks.py"}
+        return {
+            "kind": "discrete_tasks",
+            "n_tasks": self.n_tasks,
+            "n_inputs": self.n_inputs,
+            "n_outputs": self.n_outputs,
+            "vocab_size": self.vocab_size,
+            "n_pairs": n_pairs(self.seq_len),
+            "distinct_maps": _n_maps(self.n_inputs, self.n_outputs),
+            "chance_accuracy": 1.0 / self.n_outputs,
+            "note": "loss on output positions only; ideal observers: pool posterior (seen tasks) and "
+            "lookup (unseen tasks), see data/discrete_tasks.py",
+        }
 
 
 # --------------------------------------------------------------------------------------------------------

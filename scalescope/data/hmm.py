@@ -120,8 +120,9 @@ class HMMSource:
     # ------------------------------------------------------------------------------------------------
     # Sampling and the forward filter.
 
-    def sample_with_states(self, rng: np.random.Generator, batch_size: int, length: int
-                           ) -> tuple[np.ndarray, np.ndarray]:
+    def sample_with_states(
+        self, rng: np.random.Generator, batch_size: int, length: int
+    ) -> tuple[np.ndarray, np.ndarray]:
         """(tokens, hidden states), both (batch_size, length) int64, from the stationary process."""
         tokens = np.empty((batch_size, length), dtype=np.int64)
         states = np.empty((batch_size, length), dtype=np.int64)
@@ -170,8 +171,7 @@ class HMMSource:
                 pred = posterior @ self.transition
         return out
 
-    def predictive_entropy(self, tokens: np.ndarray, start: np.ndarray | None = None,
-                           first: int = 0) -> np.ndarray:
+    def predictive_entropy(self, tokens: np.ndarray, start: np.ndarray | None = None, first: int = 0) -> np.ndarray:
         """H(p(. | x_<t)) for t >= ``first``: the entropy of the filter's next-token distribution.
 
         Its expectation over histories is H(X_t | X_<t) (or H(X_t | X_<t, S_1) with ``start``), the
@@ -205,6 +205,7 @@ class HMMSource:
         first = length // 2
         upper = self.predictive_entropy(tokens, first=first).mean(axis=1)
         lower = self.predictive_entropy(tokens, start=states[:, 0], first=first).mean(axis=1)
+
         # Sequences are independent, so the standard error of a mean over them is std / sqrt(n_seq).
         def se(x: np.ndarray) -> float:
             return float(x.std(ddof=1) / np.sqrt(n_seq))

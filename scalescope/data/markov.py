@@ -99,9 +99,7 @@ def stationary_lazy_power(
     """
     n, s = probs.shape
     # P as CSR with rows = current state; P.T (a free CSC view) times pi is pi P.
-    p = sp.csr_matrix(
-        (probs.ravel(), next_state.ravel(), np.arange(0, n * s + 1, s)), shape=(n, n)
-    )
+    p = sp.csr_matrix((probs.ravel(), next_state.ravel(), np.arange(0, n * s + 1, s)), shape=(n, n))
     pt = p.T
     pi = np.full(n, 1.0 / n)
     iterations = 0
@@ -180,12 +178,29 @@ class MarkovSource:
         if np.any(probs < 0) or not np.allclose(probs.sum(axis=1), 1.0):
             raise ValueError("each row of probs must be a probability distribution")
         self = cls.__new__(cls)
-        self._setup(next_tokens.copy(), probs / probs.sum(axis=1, keepdims=True), vocab_size, order,
-                    probs.shape[1], None, seed, stream_seed)
+        self._setup(
+            next_tokens.copy(),
+            probs / probs.sum(axis=1, keepdims=True),
+            vocab_size,
+            order,
+            probs.shape[1],
+            None,
+            seed,
+            stream_seed,
+        )
         return self
 
-    def _setup(self, next_tokens: np.ndarray, probs: np.ndarray, vocab_size: int, order: int,
-               support: int | None, concentration: float | None, seed: int, stream_seed: int) -> None:
+    def _setup(
+        self,
+        next_tokens: np.ndarray,
+        probs: np.ndarray,
+        vocab_size: int,
+        order: int,
+        support: int | None,
+        concentration: float | None,
+        seed: int,
+        stream_seed: int,
+    ) -> None:
         self.vocab_size = int(vocab_size)
         self.order = int(order)
         self.support = support
@@ -198,9 +213,7 @@ class MarkovSource:
         self.probs = probs
         self.cdf, self.last_positive = sparse_cdf(probs)
         next_state = self._shift(np.arange(self.n_states, dtype=np.int64))[:, None] + next_tokens
-        self.pi, self.stationary_residual, self.stationary_iterations = stationary_lazy_power(
-            next_state, probs
-        )
+        self.pi, self.stationary_residual, self.stationary_iterations = stationary_lazy_power(next_state, probs)
         self.pi_cdf = np.cumsum(self.pi)
         self.pi_cdf /= self.pi_cdf[-1]
         self.state_entropy = row_entropy(probs)

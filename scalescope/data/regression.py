@@ -41,15 +41,27 @@ class LinearRegressionSource:
     entropy_rate: float | None = None
     vocab_size: int = 1
 
-    def __init__(self, dim: int, seq_len: int, noise_std: float = 0.0, task_pool: int | None = None, *,
-                 curriculum_steps: int | None = None, seed: int = 0, stream_seed: int = 0):
+    def __init__(
+        self,
+        dim: int,
+        seq_len: int,
+        noise_std: float = 0.0,
+        task_pool: int | None = None,
+        *,
+        curriculum_steps: int | None = None,
+        seed: int = 0,
+        stream_seed: int = 0,
+    ):
         self.dim, self.seq_len, self.noise_std = int(dim), int(seq_len), float(noise_std)
         self.curriculum_steps = curriculum_steps
         self.input_dim = self.dim + 1
         self.seed, self.stream_seed = int(seed), int(stream_seed)
         # The pool is part of the task distribution: a function of the data seed, not of the run seed.
-        self.pool = (None if task_pool is None
-                     else np.random.default_rng([self.seed, 0x5EED]).standard_normal((int(task_pool), self.dim)))
+        self.pool = (
+            None
+            if task_pool is None
+            else np.random.default_rng([self.seed, 0x5EED]).standard_normal((int(task_pool), self.dim))
+        )
 
     def with_stream_seed(self, stream_seed: int) -> LinearRegressionSource:
         out = copy.copy(self)
@@ -65,8 +77,9 @@ class LinearRegressionSource:
     def prepare(self, cache_dir: Path) -> None:
         pass
 
-    def sample(self, split: Split, index: int, batch_size: int, seq_len: int
-               ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    def sample(
+        self, split: Split, index: int, batch_size: int, seq_len: int
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(xs (B, K, d), ys (B, K), ws (B, d)) of batch ``index`` of ``split``, K = ceil(seq_len / 2)."""
         rng = stream_rng(self.stream_seed, split, index)
         K, d = n_points(seq_len), self.dim
@@ -103,11 +116,18 @@ class LinearRegressionSource:
         mask[:, 0::2] = True
         k_eff = self.curriculum(split, index)[1]
         if k_eff is not None:
-            mask[:, 2 * k_eff:] = False
+            mask[:, 2 * k_eff :] = False
         T = seq_len
         return Batch(torch.from_numpy(tok[:, :T]), torch.from_numpy(tgt[:, :T]), torch.from_numpy(mask[:, :T]))
 
     def describe(self) -> dict:
-        return {"kind": "linear_regression", "dim": self.dim, "n_points": n_points(self.seq_len),
-                "noise_std": self.noise_std, "task_pool": None if self.pool is None else len(self.pool),
-                "curriculum_steps": self.curriculum_steps, "input_dim": self.input_dim, "error_normalizer": self.dim}
+        return {
+            "kind": "linear_regression",
+            "dim": self.dim,
+            "n_points": n_points(self.seq_len),
+            "noise_std": self.noise_std,
+            "task_pool": None if self.pool is None else len(self.pool),
+            "curriculum_steps": self.curriculum_steps,
+            "input_dim": self.input_dim,
+            "error_normalizer": self.dim,
+        }

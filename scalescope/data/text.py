@@ -130,12 +130,12 @@ class TextSource:
         tok = ByteLevelBPETokenizer()
         tok.train_from_iterator(
             (piece for t in texts for piece in _chunks(t)),
-            vocab_size=self.bpe_vocab_size, min_frequency=2, show_progress=False, special_tokens=[],
+            vocab_size=self.bpe_vocab_size,
+            min_frequency=2,
+            show_progress=False,
+            special_tokens=[],
         )
-        ids = [
-            np.asarray(enc.ids, dtype=np.int64)
-            for t in texts for enc in tok.encode_batch(_chunks(t))
-        ]
+        ids = [np.asarray(enc.ids, dtype=np.int64) for t in texts for enc in tok.encode_batch(_chunks(t))]
         return np.concatenate(ids), tok.get_vocab_size(), json.loads(tok.to_str())
 
     def _write_cache(self, target: Path, files: list[tuple[str, bytes]]) -> None:
@@ -149,9 +149,14 @@ class TextSource:
             os.chmod(tmp, 0o755)  # mkdtemp makes it private; the finished cache is shared
             ids.astype(dtype).tofile(tmp / "tokens.bin")
             meta = {
-                "version": CACHE_VERSION, "source": str(self.path), "files": [n for n, _ in files],
-                "tokenizer": self.tokenizer, "vocab_size": int(vocab), "n_tokens": int(ids.size),
-                "dtype": np.dtype(dtype).name, "tokenizer_json": tokenizer_json,
+                "version": CACHE_VERSION,
+                "source": str(self.path),
+                "files": [n for n, _ in files],
+                "tokenizer": self.tokenizer,
+                "vocab_size": int(vocab),
+                "n_tokens": int(ids.size),
+                "dtype": np.dtype(dtype).name,
+                "tokenizer_json": tokenizer_json,
             }
             (tmp / "meta.json").write_text(json.dumps(meta))
             try:
@@ -181,9 +186,7 @@ class TextSource:
         self.meta = meta
         self.cache_path = target
         self.vocab_size = int(meta["vocab_size"])
-        self.tokens = np.memmap(
-            target / "tokens.bin", dtype=meta["dtype"], mode="r", shape=(meta["n_tokens"],)
-        )
+        self.tokens = np.memmap(target / "tokens.bin", dtype=meta["dtype"], mode="r", shape=(meta["n_tokens"],))
         self.n_val = int(self.tokens.size * self.val_fraction)
         self.n_train = self.tokens.size - self.n_val
 
@@ -202,9 +205,7 @@ class TextSource:
 
     def _split_tokens(self, split: Split, window: int) -> np.ndarray:
         if self.tokens is None:
-            raise RuntimeError(
-                f"TextSource({self.path}) has no tokens yet: call prepare(cache_dir) before batch()"
-            )
+            raise RuntimeError(f"TextSource({self.path}) has no tokens yet: call prepare(cache_dir) before batch()")
         for name, n in (("train", self.n_train), ("validation", self.n_val)):
             if n < window:
                 raise ConfigError(
@@ -237,12 +238,21 @@ class TextSource:
 
     def describe(self) -> dict:
         d = {
-            "kind": "text", "path": str(self.path), "tokenizer": self.tokenizer,
-            "vocab_size": self.vocab_size, "val_fraction": self.val_fraction, "entropy_rate": None,
+            "kind": "text",
+            "path": str(self.path),
+            "tokenizer": self.tokenizer,
+            "vocab_size": self.vocab_size,
+            "val_fraction": self.val_fraction,
+            "entropy_rate": None,
         }
         if self.tokenizer == "bpe":
             d["bpe_vocab_size"] = self.bpe_vocab_size
         if self.tokens is not None:
-            d.update(cache=str(self.cache_path), n_tokens=int(self.tokens.size),
-                     n_train=self.n_train, n_val=self.n_val, files=len(self.meta["files"]))
+            d.update(
+                cache=str(self.cache_path),
+                n_tokens=int(self.tokens.size),
+                n_train=self.n_train,
+                n_val=self.n_val,
+                files=len(self.meta["files"]),
+            )
         return d

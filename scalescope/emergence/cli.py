@@ -54,8 +54,14 @@ __all__ = [
 SCALE_COLUMNS = {"params_nonembedding": "N", "tokens": "D", "flops": "C"}
 # Config fields that set the scale; runs differing only in these (and the seed) form one group.
 SCALE_FIELDS = ("model.d_model", "model.n_layer", "model.n_head", "model.d_ff", "train.tokens", "seed")
-QUIET_FIELDS = ("train.eval_every", "train.eval_batches", "train.checkpoint_every", "train.keep_weights",
-                "train.device", "train.total_steps")
+QUIET_FIELDS = (
+    "train.eval_every",
+    "train.eval_batches",
+    "train.checkpoint_every",
+    "train.keep_weights",
+    "train.device",
+    "train.total_steps",
+)
 MIN_RUNS = 6  # detect_transition's minimum: 4 sigmoid parameters plus held-out points
 
 
@@ -75,20 +81,45 @@ class Capability:
 
 
 CAPABILITIES: tuple[Capability, ...] = (
-    Capability("copy", "induction/copy_accuracy", "induction/copy_logprob", sign=-1.0, n_tokens=1,
-               description="top-1 copying of a repeated span; twin: log-prob of the copied token"),
-    Capability("prefix_matching", "induction/max_prefix_matching",
-               description="best head's prefix-matching attention (an induction head)"),
-    Capability("icl_accuracy", "icl/accuracy_score",
-               description="top-1 accuracy late in the context minus early"),
-    Capability("exact_match", "exact_match", "val_loss", sign=1.0,
-               description="exact match; twin: validation loss"),
-    Capability("fewshot_icl", "fewshot/icl/accuracy", "fewshot/icl/logp", sign=-1.0, n_tokens=1,
-               description="label of a novel class from its context (Chan et al. 2022); twin: its log-prob"),
-    Capability("fewshot_iwl", "fewshot/iwl/accuracy", "fewshot/iwl/logp", sign=-1.0, n_tokens=1,
-               description="label of a class absent from the context (in weights); twin: its log-prob"),
-    Capability("task_id", "task_id/seen/acc_at_4/model", "task_id/seen/logp_at_4/model", sign=-1.0, n_tokens=1,
-               description="output of a pool task after 4 demonstrations; twin: its log-prob"),
+    Capability(
+        "copy",
+        "induction/copy_accuracy",
+        "induction/copy_logprob",
+        sign=-1.0,
+        n_tokens=1,
+        description="top-1 copying of a repeated span; twin: log-prob of the copied token",
+    ),
+    Capability(
+        "prefix_matching",
+        "induction/max_prefix_matching",
+        description="best head's prefix-matching attention (an induction head)",
+    ),
+    Capability("icl_accuracy", "icl/accuracy_score", description="top-1 accuracy late in the context minus early"),
+    Capability("exact_match", "exact_match", "val_loss", sign=1.0, description="exact match; twin: validation loss"),
+    Capability(
+        "fewshot_icl",
+        "fewshot/icl/accuracy",
+        "fewshot/icl/logp",
+        sign=-1.0,
+        n_tokens=1,
+        description="label of a novel class from its context (Chan et al. 2022); twin: its log-prob",
+    ),
+    Capability(
+        "fewshot_iwl",
+        "fewshot/iwl/accuracy",
+        "fewshot/iwl/logp",
+        sign=-1.0,
+        n_tokens=1,
+        description="label of a class absent from the context (in weights); twin: its log-prob",
+    ),
+    Capability(
+        "task_id",
+        "task_id/seen/acc_at_4/model",
+        "task_id/seen/logp_at_4/model",
+        sign=-1.0,
+        n_tokens=1,
+        description="output of a pool task after 4 demonstrations; twin: its log-prob",
+    ),
 )
 
 
@@ -132,15 +163,17 @@ def phase_rows(store: str | Path, threshold: float = 0.4, tables: Any = None) ->
         if "max_prefix_matching_final" not in r and "icl_before" not in r:
             continue
         m = cfg.get("model", {})
-        out.append({
-            "id": rec["id"],
-            "n_layer": m.get("n_layer"),
-            "d_model": m.get("d_model"),
-            "positions": m.get("positions", "learned"),
-            "seed": cfg.get("seed"),
-            "params_nonembedding": _scalar(rec.get("params_nonembedding")),
-            **{k: v for k, v in r.items() if k != "run_dir"},
-        })
+        out.append(
+            {
+                "id": rec["id"],
+                "n_layer": m.get("n_layer"),
+                "d_model": m.get("d_model"),
+                "positions": m.get("positions", "learned"),
+                "seed": cfg.get("seed"),
+                "params_nonembedding": _scalar(rec.get("params_nonembedding")),
+                **{k: v for k, v in r.items() if k != "run_dir"},
+            }
+        )
     return out
 
 
@@ -155,13 +188,17 @@ def _finished(runs: pd.DataFrame) -> pd.DataFrame:
 
 def _group_fields(runs: pd.DataFrame) -> list[str]:
     """Config columns that vary across ``runs`` other than the scale fields and bookkeeping."""
-    cols = [c for c in runs.columns
-            if "." in c and not c.startswith("final_") and c not in SCALE_FIELDS and c not in QUIET_FIELDS]
+    cols = [
+        c
+        for c in runs.columns
+        if "." in c and not c.startswith("final_") and c not in SCALE_FIELDS and c not in QUIET_FIELDS
+    ]
     return [c for c in cols if runs[c].astype(str).nunique(dropna=False) > 1]
 
 
 def _x_column(runs: pd.DataFrame) -> str | None:
     """N when only N varies, D when only D varies, C when both do; None when neither does."""
+
     def varies(col: str) -> bool:
         return col in runs and pd.to_numeric(runs[col], errors="coerce").dropna().nunique() > 1
 
@@ -214,13 +251,19 @@ def _analyze_capability(g: pd.DataFrame, x: str, cap: Capability, bootstrap: int
     c_col = f"final_{cap.continuous}" if cap.continuous else None
     if c_col is not None and (c_col not in g or g[c_col].isna().all()):
         c_col = None
-    out: dict[str, Any] = {"capability": cap.name, "metric": cap.metric,
-                           "continuous": cap.continuous if c_col else None}
+    out: dict[str, Any] = {
+        "capability": cap.name,
+        "metric": cap.metric,
+        "continuous": cap.continuous if c_col else None,
+    }
     tab = _cols(g, x, d_col, *([c_col] if c_col else []))
     tab = tab[tab[x] > 0]
     out["n_runs"] = len(tab)
-    out["points"] = {"x": tab[x].tolist(), "metric": tab[d_col].tolist(),
-                     "continuous": tab[c_col].tolist() if c_col else None}
+    out["points"] = {
+        "x": tab[x].tolist(),
+        "metric": tab[d_col].tolist(),
+        "continuous": tab[c_col].tolist() if c_col else None,
+    }
     if len(tab) < MIN_RUNS or tab[x].nunique() < 3:
         out["error"] = f"{len(tab)} finished runs at {tab[x].nunique()} scales; the transition test needs {MIN_RUNS}"
         return out
@@ -229,12 +272,19 @@ def _analyze_capability(g: pd.DataFrame, x: str, cap: Capability, bootstrap: int
     try:
         if c_col:
             r = metric_robustness(xs, ys, cap.sign * tab[c_col].to_numpy(float), **opts)
-            out |= {"verdict": r.verdict, "reason": r.reason, "transition": r.discontinuous.as_dict(),
-                    "continuous_transition": None if r.continuous is None else r.continuous.as_dict()}
+            out |= {
+                "verdict": r.verdict,
+                "reason": r.reason,
+                "transition": r.discontinuous.as_dict(),
+                "continuous_transition": None if r.continuous is None else r.continuous.as_dict(),
+            }
             # The continuous twin's smooth trend (what a forecast extrapolates), also when it was not tested.
             ct = out["continuous_transition"]
-            out["continuous_trend"] = ({"direction": ct["direction"], "smooth": ct["smooth"]} if ct
-                                       else _smooth_trend(xs, cap.sign * tab[c_col].to_numpy(float)))
+            out["continuous_trend"] = (
+                {"direction": ct["direction"], "smooth": ct["smooth"]}
+                if ct
+                else _smooth_trend(xs, cap.sign * tab[c_col].to_numpy(float))
+            )
         else:
             t = detect_transition(xs, ys, **opts)
             out |= {"verdict": "abrupt" if t.abrupt else "smooth", "reason": t.reason, "transition": t.as_dict()}
@@ -243,8 +293,16 @@ def _analyze_capability(g: pd.DataFrame, x: str, cap: Capability, bootstrap: int
     return out
 
 
-def analyze(store: str | Path, *, threshold: float = 0.4, x: str | None = None, bootstrap: int = 200,
-            seed: int = 0, steps: bool = False, tables: Any = None) -> dict[str, Any]:
+def analyze(
+    store: str | Path,
+    *,
+    threshold: float = 0.4,
+    x: str | None = None,
+    bootstrap: int = 200,
+    seed: int = 0,
+    steps: bool = False,
+    tables: Any = None,
+) -> dict[str, Any]:
     """Everything ``scalescope emergence STORE --json`` prints: ``runs`` (:func:`phase_rows`), ``scale``
     (per group of runs and capability metric the store has: the transition test over scale and, with a
     continuous twin, the metric-robustness verdict), ``steps`` (with ``steps``: the same tests over each
@@ -255,11 +313,20 @@ def analyze(store: str | Path, *, threshold: float = 0.4, x: str | None = None, 
     t = tables if tables is not None else _load(store)
     scale = scale_analysis(t.runs, x=x, bootstrap=bootstrap, seed=seed)
     done = set(_finished(t.runs)["id"].astype(str)) if len(t.runs) else set()
-    over_steps = (step_analysis(t.metrics[t.metrics["id"].astype(str).isin(done)], bootstrap=bootstrap, seed=seed)
-                  if steps else [])
+    over_steps = (
+        step_analysis(t.metrics[t.metrics["id"].astype(str).isin(done)], bootstrap=bootstrap, seed=seed)
+        if steps
+        else []
+    )
     forecasts = [r for r in load_forecasts(store) if r.get("kind") == RECORD_KIND] if Path(store).is_dir() else []
-    return {"store": str(store), "threshold": threshold, "runs": phase_rows(store, threshold, t),
-            "scale": scale, "steps": over_steps, "forecasts": forecasts}
+    return {
+        "store": str(store),
+        "threshold": threshold,
+        "runs": phase_rows(store, threshold, t),
+        "scale": scale,
+        "steps": over_steps,
+        "forecasts": forecasts,
+    }
 
 
 def step_analysis(metrics: pd.DataFrame, *, bootstrap: int = 200, seed: int = 0) -> list[dict[str, Any]]:
@@ -273,17 +340,26 @@ def step_analysis(metrics: pd.DataFrame, *, bootstrap: int = 200, seed: int = 0)
     names = {c.metric for c in CAPABILITIES} | {c.continuous for c in CAPABILITIES if c.continuous}
     sub = metrics[metrics["metric"].isin(names)]
     for rid, m in sub.groupby("id", sort=True):
-        wide = (m.pivot_table(index="step", columns="metric", values="value", aggfunc="last")
-                .add_prefix("final_").reset_index())
+        wide = (
+            m.pivot_table(index="step", columns="metric", values="value", aggfunc="last")
+            .add_prefix("final_")
+            .reset_index()
+        )
         caps = [c for c in CAPABILITIES if f"final_{c.metric}" in wide]
         if caps:
-            out.append({"id": str(rid), "x": "step",
-                        "capabilities": [_analyze_capability(wide, "step", c, bootstrap, seed) for c in caps]})
+            out.append(
+                {
+                    "id": str(rid),
+                    "x": "step",
+                    "capabilities": [_analyze_capability(wide, "step", c, bootstrap, seed) for c in caps],
+                }
+            )
     return out
 
 
-def scale_analysis(runs: pd.DataFrame, *, x: str | None = None, bootstrap: int = 200,
-                   seed: int = 0) -> list[dict[str, Any]]:
+def scale_analysis(
+    runs: pd.DataFrame, *, x: str | None = None, bootstrap: int = 200, seed: int = 0
+) -> list[dict[str, Any]]:
     """Per group of finished runs (:func:`scale_groups`) that logged a capability metric: its x column and,
     per capability, the transition test over x (and the metric-robustness verdict with a continuous twin).
     Each capability entry has ``points`` (x, metric, continuous) and either ``transition`` (and
@@ -304,8 +380,13 @@ def scale_analysis(runs: pd.DataFrame, *, x: str | None = None, bootstrap: int =
     return scale
 
 
-def across_scale(store: str | Path, metric: str, continuous: str | None = None,
-                 across: str = "params_nonembedding", bootstrap: int = 500) -> dict[str, Any]:
+def across_scale(
+    store: str | Path,
+    metric: str,
+    continuous: str | None = None,
+    across: str = "params_nonembedding",
+    bootstrap: int = 500,
+) -> dict[str, Any]:
     """:func:`detect_transition` (or :func:`metric_robustness` with ``continuous``) of runs-table column
     ``metric`` over column ``across``, on the store's finished runs."""
     from .transitions import detect_transition, metric_robustness
@@ -318,18 +399,27 @@ def across_scale(store: str | Path, metric: str, continuous: str | None = None,
     tab = _cols(_finished(runs), *cols)
     xs, ys = tab[across].to_numpy(float), tab[metric].to_numpy(float)
     if continuous:
-        return metric_robustness(xs, ys, tab[continuous].to_numpy(float), bootstrap=bootstrap,
-                                 random_state=0).as_dict()
+        return metric_robustness(xs, ys, tab[continuous].to_numpy(float), bootstrap=bootstrap, random_state=0).as_dict()
     return detect_transition(xs, ys, bootstrap=bootstrap, random_state=0).as_dict()
 
 
 # --- forecasting a crossing -----------------------------------------------------------------------------
 
 
-def record_forecast(store: str | Path, metric: str, threshold: float, *, x: str = "params_nonembedding",
-                    up_to: float | None = None, continuous: str | None = None, sign: float | None = None,
-                    n_tokens: int | None = None, bootstrap: int = 1000, seed: int = 0,
-                    tables: Any = None) -> tuple[dict[str, Any], bool]:
+def record_forecast(
+    store: str | Path,
+    metric: str,
+    threshold: float,
+    *,
+    x: str = "params_nonembedding",
+    up_to: float | None = None,
+    continuous: str | None = None,
+    sign: float | None = None,
+    n_tokens: int | None = None,
+    bootstrap: int = 1000,
+    seed: int = 0,
+    tables: Any = None,
+) -> tuple[dict[str, Any], bool]:
     """Fit ``continuous``'s smooth trend (the capability's twin by default) on the finished runs with x <=
     ``up_to``, forecast the x at which ``metric`` crosses ``threshold`` through the link accuracy ≈
     exp(-L·sign·continuous) (Schaeffer et al. 2023 eq. 2; :func:`forecast_crossing`) and record it in the
@@ -346,8 +436,9 @@ def record_forecast(store: str | Path, metric: str, threshold: float, *, x: str 
     cont = continuous or (cap.continuous if cap else None)
     if cap is None and d_col not in runs:
         known = ", ".join(c.metric for c in CAPABILITIES if c.continuous)
-        raise ConfigError(f"unknown metric {metric!r}: expected a runs-table column or one of {known}",
-                          field="--forecast")
+        raise ConfigError(
+            f"unknown metric {metric!r}: expected a runs-table column or one of {known}", field="--forecast"
+        )
     if cont is None:
         raise ConfigError(f"{metric!r} has no known continuous twin: name one", field="--continuous")
     c_col = cont if cont in runs else f"final_{cont}"
@@ -363,13 +454,30 @@ def record_forecast(store: str | Path, metric: str, threshold: float, *, x: str 
     fit = tab if up_to is None else tab[tab[x] <= up_to]
     if len(fit) < 5:
         where = "" if up_to is None else f" with {x} <= {up_to:g}"
-        raise StoreError(f"{store}: {len(fit)} finished runs{where} logged {c_col.removeprefix('final_')}; "
-                         "the forecast needs at least 5")
-    fc = forecast_crossing(fit[x].to_numpy(float), sgn * fit[c_col].to_numpy(float), threshold,
-                           link=exact_match_link(L), rising=True, bootstrap=bootstrap, random_state=seed)
+        raise StoreError(
+            f"{store}: {len(fit)} finished runs{where} logged {c_col.removeprefix('final_')}; "
+            "the forecast needs at least 5"
+        )
+    fc = forecast_crossing(
+        fit[x].to_numpy(float),
+        sgn * fit[c_col].to_numpy(float),
+        threshold,
+        link=exact_match_link(L),
+        rising=True,
+        bootstrap=bootstrap,
+        random_state=seed,
+    )
     link = f"exp(-{L}·({'-' if sgn < 0 else ''}{c_col.removeprefix('final_')}))"
-    return record_crossing_forecast(store, fc, x_column=x, metric=d_col, continuous_metric=c_col,
-                                    fitted_on=[str(i) for i in fit.index], link=link, rising=True)
+    return record_crossing_forecast(
+        store,
+        fc,
+        x_column=x,
+        metric=d_col,
+        continuous_metric=c_col,
+        fitted_on=[str(i) for i in fit.index],
+        link=link,
+        rising=True,
+    )
 
 
 # --- command line ---------------------------------------------------------------------------------------
@@ -391,9 +499,11 @@ def _print_capabilities(caps: list[dict[str, Any]]) -> None:
         lo, hi = t["x0_ci"]
         wlo, whi = t["width_ci"]
         print(f"  {name}: {c['verdict']}")
-        print(f"    x0 {t['x0']:.4g} [{lo:.4g}, {hi:.4g}], width {t['width_decades']:.2f} decades "
-              f"[{wlo:.2f}, {whi:.2f}]; held-out RMSE sigmoid {t['sigmoid_heldout_rmse']:.3g}, "
-              f"smooth {t['smooth_heldout_rmse']:.3g}")
+        print(
+            f"    x0 {t['x0']:.4g} [{lo:.4g}, {hi:.4g}], width {t['width_decades']:.2f} decades "
+            f"[{wlo:.2f}, {whi:.2f}]; held-out RMSE sigmoid {t['sigmoid_heldout_rmse']:.3g}, "
+            f"smooth {t['smooth_heldout_rmse']:.3g}"
+        )
         print(f"    {c['reason']}")
 
 
@@ -401,13 +511,17 @@ def _print_analysis(res: dict[str, Any]) -> None:
     rows = res["runs"]
     if rows:
         print(f"Per run: the induction-head phase change (prefix matching >= {res['threshold']:g}; Olsson et al. 2022)")
-        print("id            layers d_model positions seed  max_pm(final)  induction_step  icl_step  "
-              "icl_before  icl_after")
+        print(
+            "id            layers d_model positions seed  max_pm(final)  induction_step  icl_step  "
+            "icl_before  icl_after"
+        )
         for r in rows:
-            print(f"{r['id']:12s}  {_f(r['n_layer'], '6d')} {_f(r['d_model'], '7d')} {str(r['positions']):9s} "
-                  f"{_f(r['seed'], '4d')}  {_f(r.get('max_prefix_matching_final'), '13.3f')}  "
-                  f"{_f(r.get('induction_step'), '14.0f')}  {_f(r.get('icl_transition_step'), '8.0f')}  "
-                  f"{_f(r.get('icl_before'), '10.3f')}  {_f(r.get('icl_after'), '9.3f')}")
+            print(
+                f"{r['id']:12s}  {_f(r['n_layer'], '6d')} {_f(r['d_model'], '7d')} {str(r['positions']):9s} "
+                f"{_f(r['seed'], '4d')}  {_f(r.get('max_prefix_matching_final'), '13.3f')}  "
+                f"{_f(r.get('induction_step'), '14.0f')}  {_f(r.get('icl_transition_step'), '8.0f')}  "
+                f"{_f(r.get('icl_before'), '10.3f')}  {_f(r.get('icl_after'), '9.3f')}"
+            )
     else:
         print("Per run: no run ran the induction or icl instrument (no phase-change table)")
     for e in res["scale"]:
@@ -423,10 +537,15 @@ def _print_analysis(res: dict[str, Any]) -> None:
     for r in res["forecasts"]:
         s = r.get("score") or {}
         lo, hi = r["interval"]
-        obs = (f"observed {_f(s.get('observed'), '.4g')}, covered {'yes' if s.get('covered') else 'no'}"
-               if s else "not scored yet (scalescope forecast --score)")
-        print(f"\nforecast {r['id']}: {r['metric']} reaches {r['threshold']:g} at {r['x_column']} = "
-              f"{_f(r['predicted'], '.4g')} [{_f(lo, '.4g')}, {_f(hi, '.4g')}]; {obs}")
+        obs = (
+            f"observed {_f(s.get('observed'), '.4g')}, covered {'yes' if s.get('covered') else 'no'}"
+            if s
+            else "not scored yet (scalescope forecast --score)"
+        )
+        print(
+            f"\nforecast {r['id']}: {r['metric']} reaches {r['threshold']:g} at {r['x_column']} = "
+            f"{_f(r['predicted'], '.4g')} [{_f(lo, '.4g')}, {_f(hi, '.4g')}]; {obs}"
+        )
 
 
 def run_emergence(args: argparse.Namespace) -> int:
@@ -455,24 +574,44 @@ def _run(args: argparse.Namespace) -> int:
     if args.forecast:
         if args.threshold is None:
             raise ConfigError("expected the level the metric should cross (e.g. 0.5)", field="--threshold")
-        rec, created = record_forecast(args.store, args.forecast, args.threshold, x=args.x or "params_nonembedding",
-                                       up_to=args.up_to, continuous=args.continuous, n_tokens=args.n_tokens,
-                                       bootstrap=args.bootstrap or 1000, seed=args.seed)
+        rec, created = record_forecast(
+            args.store,
+            args.forecast,
+            args.threshold,
+            x=args.x or "params_nonembedding",
+            up_to=args.up_to,
+            continuous=args.continuous,
+            n_tokens=args.n_tokens,
+            bootstrap=args.bootstrap or 1000,
+            seed=args.seed,
+        )
         if args.json:
             print(json.dumps(rec, indent=1))
             return 0
         lo, hi = rec["interval"]
-        print(f"forecast {rec['id']} {'recorded' if created else 'was already recorded'} in "
-              f"{Path(args.store) / 'forecasts'}")
-        print(f"  {rec['continuous_metric']} trend fitted on {rec['n_points']} runs with {rec['x_column']} <= "
-              f"{rec['fit_max_x']:.4g}; link {rec['link']}")
-        print(f"  {rec['metric']} reaches {rec['threshold']:g} at {rec['x_column']} = {_f(rec['predicted'], '.4g')}, "
-              f"{100 * rec['level']:.0f}% interval [{_f(lo, '.4g')}, {_f(hi, '.4g')}] "
-              f"({100 * rec['fraction_crossing']:.0f}% of bootstrap draws cross)")
+        print(
+            f"forecast {rec['id']} {'recorded' if created else 'was already recorded'} in "
+            f"{Path(args.store) / 'forecasts'}"
+        )
+        print(
+            f"  {rec['continuous_metric']} trend fitted on {rec['n_points']} runs with {rec['x_column']} <= "
+            f"{rec['fit_max_x']:.4g}; link {rec['link']}"
+        )
+        print(
+            f"  {rec['metric']} reaches {rec['threshold']:g} at {rec['x_column']} = {_f(rec['predicted'], '.4g')}, "
+            f"{100 * rec['level']:.0f}% interval [{_f(lo, '.4g')}, {_f(hi, '.4g')}] "
+            f"({100 * rec['fraction_crossing']:.0f}% of bootstrap draws cross)"
+        )
         print(f"  score it once larger runs exist: scalescope forecast --score {args.store}")
         return 0
-    res = analyze(args.store, threshold=args.threshold if args.threshold is not None else 0.4, x=args.x,
-                  bootstrap=args.bootstrap or 200, seed=args.seed, steps=args.steps)
+    res = analyze(
+        args.store,
+        threshold=args.threshold if args.threshold is not None else 0.4,
+        x=args.x,
+        bootstrap=args.bootstrap or 200,
+        seed=args.seed,
+        steps=args.steps,
+    )
     if args.json:
         print(json.dumps(res, indent=1, default=_scalar))
     else:
@@ -483,33 +622,68 @@ def _run(args: argparse.Namespace) -> int:
 def _add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("store")
     p.add_argument("--json", action="store_true", help="print JSON on stdout")
-    p.add_argument("--threshold", type=float, default=None,
-                   help="prefix-matching level of an induction head (default 0.4); with --forecast: the level "
-                        "the metric should cross")
-    p.add_argument("--x", choices=list(SCALE_COLUMNS), default=None,
-                   help="the scale: params_nonembedding (N), tokens (D) or flops (C); default: the one that varies")
-    p.add_argument("--steps", action="store_true",
-                   help="also test each run's capability metrics for an abrupt change over training steps")
-    p.add_argument("--forecast", metavar="METRIC",
-                   help="record a forecast of the scale at which METRIC (e.g. induction/copy_accuracy) crosses "
-                        "--threshold, from its continuous twin's trend")
-    p.add_argument("--up-to", type=float, default=None, metavar="X",
-                   help="with --forecast: fit only the runs with x <= X (the larger ones score it later)")
-    p.add_argument("--continuous", default=None,
-                   help="the continuous twin (default: the capability's own, e.g. induction/copy_logprob)")
-    p.add_argument("--n-tokens", type=int, default=None, metavar="L",
-                   help="with --forecast: answer length L of the link accuracy = exp(-L·loss) (default 1)")
+    p.add_argument(
+        "--threshold",
+        type=float,
+        default=None,
+        help="prefix-matching level of an induction head (default 0.4); with --forecast: the level "
+        "the metric should cross",
+    )
+    p.add_argument(
+        "--x",
+        choices=list(SCALE_COLUMNS),
+        default=None,
+        help="the scale: params_nonembedding (N), tokens (D) or flops (C); default: the one that varies",
+    )
+    p.add_argument(
+        "--steps",
+        action="store_true",
+        help="also test each run's capability metrics for an abrupt change over training steps",
+    )
+    p.add_argument(
+        "--forecast",
+        metavar="METRIC",
+        help="record a forecast of the scale at which METRIC (e.g. induction/copy_accuracy) crosses "
+        "--threshold, from its continuous twin's trend",
+    )
+    p.add_argument(
+        "--up-to",
+        type=float,
+        default=None,
+        metavar="X",
+        help="with --forecast: fit only the runs with x <= X (the larger ones score it later)",
+    )
+    p.add_argument(
+        "--continuous",
+        default=None,
+        help="the continuous twin (default: the capability's own, e.g. induction/copy_logprob)",
+    )
+    p.add_argument(
+        "--n-tokens",
+        type=int,
+        default=None,
+        metavar="L",
+        help="with --forecast: answer length L of the link accuracy = exp(-L·loss) (default 1)",
+    )
     p.add_argument("--metric", help="a runs-table column (e.g. final_exact_match): test its change across scale")
     p.add_argument("--across", default="params_nonembedding", help="with --metric: the scale column")
-    p.add_argument("--bootstrap", type=int, default=None,
-                   help="bootstrap resamples (default 200; 500 with --metric; 1000 with --forecast)")
+    p.add_argument(
+        "--bootstrap",
+        type=int,
+        default=None,
+        help="bootstrap resamples (default 200; 500 with --metric; 1000 with --forecast)",
+    )
     p.add_argument("--seed", type=int, default=0, help="bootstrap seed (default 0)")
 
 
 def add_emergence_parser(subparsers: Any) -> argparse.ArgumentParser:
     """Add ``emergence`` to an argparse subparsers object (handler in ``fn``); return its parser."""
-    p = subparsers.add_parser("emergence", help="phase changes over steps, transitions and forecasts over scale",
-                              description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = subparsers.add_parser(
+        "emergence",
+        help="phase changes over steps, transitions and forecasts over scale",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     _add_arguments(p)
     p.set_defaults(fn=run_emergence)
     return p
@@ -526,8 +700,13 @@ def main(argv: list[str] | None = None, prog: str = "scalescope emergence", lega
     args = p.parse_args(argv)
     try:
         if legacy_json and args.json and not (args.metric or args.forecast):
-            print(json.dumps(phase_rows(args.store, args.threshold if args.threshold is not None else 0.4),
-                             indent=1, default=_scalar))
+            print(
+                json.dumps(
+                    phase_rows(args.store, args.threshold if args.threshold is not None else 0.4),
+                    indent=1,
+                    default=_scalar,
+                )
+            )
             return 0
         return run_emergence(args)
     except (ConfigError, StoreError, FitError, FileNotFoundError, ValueError) as e:
@@ -537,4 +716,3 @@ def main(argv: list[str] | None = None, prog: str = "scalescope emergence", lega
 
 if __name__ == "__main__":  # pragma: no cover
     sys.exit(main())
-

@@ -59,7 +59,9 @@ def _linear(K: np.ndarray, a: float, b: float) -> np.ndarray:
 
 
 FORMS: dict[str, tuple[Callable[..., np.ndarray], str]] = {
-    "constant": (_constant, "a"), "log": (_log, "a + b ln K"), "power": (_power, "a K^b"),
+    "constant": (_constant, "a"),
+    "log": (_log, "a + b ln K"),
+    "power": (_power, "a K^b"),
     "linear": (_linear, "a + b K"),
 }
 
@@ -103,10 +105,16 @@ class GrowthFit:
         return FORMS[self.form][0](np.asarray(K, float), *self.params)
 
     def as_dict(self) -> dict[str, Any]:
-        return {"form": self.form, "equation": FORMS[self.form][1], "a": float(self.params[0]),
-                "b": float(self.params[1]) if len(self.params) > 1 else None, "rss": self.rss, "aic": self.aic,
-                "heldout_rmse": self.heldout_rmse,
-                "n": self.n}
+        return {
+            "form": self.form,
+            "equation": FORMS[self.form][1],
+            "a": float(self.params[0]),
+            "b": float(self.params[1]) if len(self.params) > 1 else None,
+            "rss": self.rss,
+            "aic": self.aic,
+            "heldout_rmse": self.heldout_rmse,
+            "n": self.n,
+        }
 
 
 @dataclass
@@ -121,8 +129,11 @@ class GrowthComparison:
     demos: np.ndarray = field(repr=False)
 
     def as_dict(self) -> dict[str, Any]:
-        return {"winner": self.winner, "winner_aic": self.winner_aic,
-                "fits": {k: f.as_dict() for k, f in self.fits.items()}}
+        return {
+            "winner": self.winner,
+            "winner_aic": self.winner_aic,
+            "fits": {k: f.as_dict() for k, f in self.fits.items()},
+        }
 
 
 def compare_growth(K: ArrayLike, demos: ArrayLike) -> GrowthComparison:
@@ -172,18 +183,27 @@ def demos_table(runs: pd.DataFrame, metrics: pd.DataFrame, *, metric: str = "dem
     info = runs.set_index("id")
     rows = []
     for r in dm.itertuples(index=False):
-        s, _, who = r.metric[len(PREFIX):].split("/")
+        s, _, who = r.metric[len(PREFIX) :].split("/")
         K = info["data.n_tasks"].get(r.id) if "data.n_tasks" in info else None
         if K is None or (isinstance(K, float) and math.isnan(K)):
             continue
-        rows.append({"id": r.id, "K": int(K), "seed": info["seed"].get(r.id) if "seed" in info else None,
-                     "series": f"{s}/{who}", "demos": r.value, "target": tgt.get(r.id, float("nan")),
-                     "step": r.step})
+        rows.append(
+            {
+                "id": r.id,
+                "K": int(K),
+                "seed": info["seed"].get(r.id) if "seed" in info else None,
+                "series": f"{s}/{who}",
+                "demos": r.value,
+                "target": tgt.get(r.id, float("nan")),
+                "step": r.step,
+            }
+        )
     return pd.DataFrame(rows, columns=cols).sort_values(["series", "K", "seed"]).reset_index(drop=True)
 
 
-def analyze(store: str | Path | None = None, *, table: pd.DataFrame | None = None,
-            metric: str = "demos_needed") -> dict[str, Any]:
+def analyze(
+    store: str | Path | None = None, *, table: pd.DataFrame | None = None, metric: str = "demos_needed"
+) -> dict[str, Any]:
     """Demonstrations needed against K for every series of a store (or of ``table``, see
     :func:`demos_table`), and the growth-form comparison of each series with 3 or more K reached."""
     if table is None:
@@ -215,12 +235,17 @@ def main(argv: list[str] | None = None) -> int:
     from ..config import ConfigError
     from ..store import StoreError
 
-    ap = argparse.ArgumentParser(prog="python -m scalescope.emergence.prompt_length",
-                                 description="demonstrations needed against the number of tasks K, with "
-                                             "log / power-law / linear fits")
+    ap = argparse.ArgumentParser(
+        prog="python -m scalescope.emergence.prompt_length",
+        description="demonstrations needed against the number of tasks K, with log / power-law / linear fits",
+    )
     ap.add_argument("store")
-    ap.add_argument("--metric", choices=["demos_needed", "demos_needed_logp"], default="demos_needed",
-                    help="accuracy reaching the target (default) or mean log-probability reaching ln(target)")
+    ap.add_argument(
+        "--metric",
+        choices=["demos_needed", "demos_needed_logp"],
+        default="demos_needed",
+        help="accuracy reaching the target (default) or mean log-probability reaching ln(target)",
+    )
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args(argv)
     try:
@@ -229,8 +254,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     if not r["series"]:
-        print(f"error: {args.store}: no run measured task_id (instruments.task_id on a discrete_tasks source)",
-              file=sys.stderr)
+        print(
+            f"error: {args.store}: no run measured task_id (instruments.task_id on a discrete_tasks source)",
+            file=sys.stderr,
+        )
         return 2
     if args.json:
         print(json.dumps(r, indent=1))
@@ -243,8 +270,11 @@ def main(argv: list[str] | None = None) -> int:
         w(f"{s:14s} {pts}\n")
         if e["fit"]:
             f = e["fit"]["fits"]
-            w("  " + "; ".join(f"{k} held-out RMSE {v['heldout_rmse']:.3f} (AIC {v['aic']:.1f})" for k, v in f.items())
-              + f" -> {e['fit']['winner']}\n")
+            w(
+                "  "
+                + "; ".join(f"{k} held-out RMSE {v['heldout_rmse']:.3f} (AIC {v['aic']:.1f})" for k, v in f.items())
+                + f" -> {e['fit']['winner']}\n"
+            )
     return 0
 
 

@@ -134,8 +134,10 @@ def check_token_input(cfg: Any, name: str) -> None:
     """Instrument ``name`` reads token sequences: a run whose model reads vectors (``model.input_dim``, set by
     the regression and bursty-classification sources) cannot give them."""
     if cfg.model.input_dim is not None:
-        raise ConfigError(f"{name} needs token data, but data.kind = {cfg.data.kind!r} gives the model vectors",
-                          field=f"instruments.{name}")
+        raise ConfigError(
+            f"{name} needs token data, but data.kind = {cfg.data.kind!r} gives the model vectors",
+            field=f"instruments.{name}",
+        )
 
 
 def requires_data_kind(probe: Probe, kind: str, name: str) -> Probe:
@@ -143,8 +145,10 @@ def requires_data_kind(probe: Probe, kind: str, name: str) -> Probe:
 
     def check_config(cfg: Any) -> None:
         if cfg.data.kind != kind:
-            raise ConfigError(f"{name} needs a {kind} source (data.kind = '{kind}'), not {cfg.data.kind!r}",
-                              field=f"instruments.{name}")
+            raise ConfigError(
+                f"{name} needs a {kind} source (data.kind = '{kind}'), not {cfg.data.kind!r}",
+                field=f"instruments.{name}",
+            )
 
     probe.check_config = check_config  # type: ignore[attr-defined]
     return probe
@@ -152,8 +156,17 @@ def requires_data_kind(probe: Probe, kind: str, name: str) -> Probe:
 
 # Built-in instrument modules register themselves on import; imported on first use, so a module being
 # absent (or slow to import) costs nothing until an experiment names one of its instruments.
-BUILTIN_MODULES = ("basic", "noise_scale", "curvature", "covariance", "icl", "induction", "icl_regression",
-                   "task_id", "fewshot")
+BUILTIN_MODULES = (
+    "basic",
+    "noise_scale",
+    "curvature",
+    "covariance",
+    "icl",
+    "induction",
+    "icl_regression",
+    "task_id",
+    "fewshot",
+)
 _loaded = False
 
 

@@ -141,13 +141,19 @@ def slq(op: Operator, steps: int = 30, repeats: int = 1, *, seed: int = 0) -> tu
     for r in range(repeats):
         theta, tau = lanczos(op, steps, _rademacher(n, 1, gen, op)[:, 0])
         nodes[r, : len(theta)], weights[r, : len(theta)] = theta, tau
-        nodes[r, len(theta):] = theta[-1]
+        nodes[r, len(theta) :] = theta[-1]
     return nodes, weights
 
 
-def slq_density(nodes: np.ndarray, weights: np.ndarray, num_points: int = 256, *,
-                boundaries: tuple[float, float] | None = None, width: float = 0.01,
-                margin: float = 0.05) -> tuple[np.ndarray, np.ndarray]:
+def slq_density(
+    nodes: np.ndarray,
+    weights: np.ndarray,
+    num_points: int = 256,
+    *,
+    boundaries: tuple[float, float] | None = None,
+    width: float = 0.01,
+    margin: float = 0.05,
+) -> tuple[np.ndarray, np.ndarray]:
     """Density p(λ) on a grid: each node a Gaussian of standard deviation ``width`` × (range), weighted
     by its quadrature weight, averaged over runs (Ghorbani et al. 2019 eq. 9, who use σ² = 1e-5 on a
     spectrum scaled to [−1, 1]; we widen it to a percent of the range so that 30 nodes on a 256-point
@@ -172,11 +178,25 @@ def _eig_block(op: Operator, prefix: str, k: int, tol: float, seed: int, out: di
     return vals
 
 
-def measure(model: torch.nn.Module, batch: Batch, *, optimizer: torch.optim.Optimizer | None = None,
-            lr: float = 0.0, train_cfg: Any = None, top_k: int = 3, trace_matvecs: int = 30,
-            density: bool = True, slq_steps: int = 30, slq_repeats: int = 1, density_points: int = 256,
-            ggn: bool = False, preconditioned: bool = True, tol: float = 1e-4, seed: int = 0,
-            dtype: torch.dtype | None = None) -> dict[str, Any]:
+def measure(
+    model: torch.nn.Module,
+    batch: Batch,
+    *,
+    optimizer: torch.optim.Optimizer | None = None,
+    lr: float = 0.0,
+    train_cfg: Any = None,
+    top_k: int = 3,
+    trace_matvecs: int = 30,
+    density: bool = True,
+    slq_steps: int = 30,
+    slq_repeats: int = 1,
+    density_points: int = 256,
+    ggn: bool = False,
+    preconditioned: bool = True,
+    tol: float = 1e-4,
+    seed: int = 0,
+    dtype: torch.dtype | None = None,
+) -> dict[str, Any]:
     """All curvature measurements on one batch. Floats are metrics; arrays (eigenvalues, the density as
     (2, points) [grid; p], SLQ nodes and weights) are artifacts. Raises :class:`ConfigError` for a
     ``top_k`` (or product count) the model is too small for."""
@@ -186,11 +206,13 @@ def measure(model: torch.nn.Module, batch: Batch, *, optimizer: torch.optim.Opti
         obj = Objective(model, batch.inputs, batch.targets, batch.loss_mask, dtype=dtype)
         n = obj.n
         if not 1 <= top_k < n:
-            raise ConfigError(f"top_k must be between 1 and {n - 1} (the parameter count is {n}), got {top_k}",
-                              field="top_k")
+            raise ConfigError(
+                f"top_k must be between 1 and {n - 1} (the parameter count is {n}), got {top_k}", field="top_k"
+            )
         if trace_matvecs // 3 >= n or slq_steps > n:
-            raise ConfigError(f"trace_matvecs/3 and slq_steps must be below the parameter count {n}",
-                              field="trace_matvecs")
+            raise ConfigError(
+                f"trace_matvecs/3 and slq_steps must be below the parameter count {n}", field="trace_matvecs"
+            )
         H = HessianOperator(obj)
         out["loss"] = float(H.loss.detach())
         out["grad_norm"] = float(H.gradient.norm())
@@ -218,8 +240,11 @@ def measure(model: torch.nn.Module, batch: Batch, *, optimizer: torch.optim.Opti
             products += G.n_products
     # Thresholds for the step size the next update uses, and the ratio for the run's own optimizer.
     kind = getattr(train_cfg, "optimizer", None)
-    thr = eos_thresholds(lr, beta1=getattr(train_cfg, "beta1", 0.9),
-                         momentum=getattr(train_cfg, "momentum", 0.0) if kind == "sgd" else 0.0)
+    thr = eos_thresholds(
+        lr,
+        beta1=getattr(train_cfg, "beta1", 0.9),
+        momentum=getattr(train_cfg, "momentum", 0.0) if kind == "sgd" else 0.0,
+    )
     out.update(thr)
     if thr and kind == "sgd":
         out["eos_ratio"] = out["lambda_max"] / thr["threshold_momentum"]
@@ -230,8 +255,9 @@ def measure(model: torch.nn.Module, batch: Batch, *, optimizer: torch.optim.Opti
     return out
 
 
-def _check_options(top_k: int, trace_matvecs: int, slq_steps: int, slq_repeats: int, density_points: int,
-                   tol: float) -> None:
+def _check_options(
+    top_k: int, trace_matvecs: int, slq_steps: int, slq_repeats: int, density_points: int, tol: float
+) -> None:
     def bad(field: str, msg: str) -> ConfigError:
         return ConfigError(msg, field=f"instruments.curvature.{field}")
 
@@ -250,9 +276,20 @@ def _check_options(top_k: int, trace_matvecs: int, slq_steps: int, slq_repeats: 
 
 
 @register("curvature")
-def make_curvature(top_k: int = 3, trace_matvecs: int = 30, density: bool = True, slq_steps: int = 30,
-                   slq_repeats: int = 1, density_points: int = 256, ggn: bool = False, preconditioned: bool = True,
-                   tol: float = 1e-4, seed: int = 0, index: int = 0, float64: bool = False):
+def make_curvature(
+    top_k: int = 3,
+    trace_matvecs: int = 30,
+    density: bool = True,
+    slq_steps: int = 30,
+    slq_repeats: int = 1,
+    density_points: int = 256,
+    ggn: bool = False,
+    preconditioned: bool = True,
+    tol: float = 1e-4,
+    seed: int = 0,
+    index: int = 0,
+    float64: bool = False,
+):
     """The curvature instrument; options as in :func:`measure`. ``index`` picks the probe batch (fixed per
     run), the common ``batch_size`` its size; ``float64`` runs on a double copy of the model (slower,
     for checks). Cost per probe ≈ (eigsh's ~3k–10k + ``trace_matvecs`` + ``slq_steps`` × ``slq_repeats``)
@@ -261,10 +298,22 @@ def make_curvature(top_k: int = 3, trace_matvecs: int = 30, density: bool = True
 
     def probe(ctx: ProbeContext) -> dict:
         return measure(
-            ctx.model, ctx.probe_batch(index), optimizer=ctx.optimizer, lr=ctx.lr, train_cfg=ctx.train_cfg,
-            top_k=top_k, trace_matvecs=trace_matvecs, density=density, slq_steps=slq_steps,
-            slq_repeats=slq_repeats, density_points=density_points, ggn=ggn, preconditioned=preconditioned,
-            tol=tol, seed=seed, dtype=torch.float64 if float64 else None,
+            ctx.model,
+            ctx.probe_batch(index),
+            optimizer=ctx.optimizer,
+            lr=ctx.lr,
+            train_cfg=ctx.train_cfg,
+            top_k=top_k,
+            trace_matvecs=trace_matvecs,
+            density=density,
+            slq_steps=slq_steps,
+            slq_repeats=slq_repeats,
+            density_points=density_points,
+            ggn=ggn,
+            preconditioned=preconditioned,
+            tol=tol,
+            seed=seed,
+            dtype=torch.float64 if float64 else None,
         )
 
     return probe
@@ -307,23 +356,38 @@ def _cmd_probe_curvature(args: argparse.Namespace) -> int:
     ctx = run.context(args.batch_size)
     with torch.random.fork_rng(devices=[]):
         try:
-            res = measure(run.model, ctx.probe_batch(0), optimizer=run.optimizer if run.has_optimizer_state else None,
-                          lr=ctx.lr, train_cfg=run.cfg.train, top_k=args.top_k, trace_matvecs=args.trace_matvecs,
-                          density=args.density, ggn=args.ggn, tol=args.tol, seed=args.seed)
+            res = measure(
+                run.model,
+                ctx.probe_batch(0),
+                optimizer=run.optimizer if run.has_optimizer_state else None,
+                lr=ctx.lr,
+                train_cfg=run.cfg.train,
+                top_k=args.top_k,
+                trace_matvecs=args.trace_matvecs,
+                density=args.density,
+                ggn=args.ggn,
+                tol=args.tol,
+                seed=args.seed,
+            )
         except ConfigError as e:
             if e.field == "top_k":
                 raise ConfigError(str(e).removeprefix("top_k: "), field="--top-k", file=args.run_dir) from None
             raise
-    res = {"run_dir": str(run.run_dir.path), "step": run.step, "params": int(sum(
-        p.numel() for p in run.model.parameters())), **res}
+    res = {
+        "run_dir": str(run.run_dir.path),
+        "step": run.step,
+        "params": int(sum(p.numel() for p in run.model.parameters())),
+        **res,
+    }
     res["eigenvalues"] = res.pop("eigenvalues")
     if "density" in res:
         grid, p = res.pop("density")
         res["density"] = {"grid": grid, "p": p}
     if "ggn_eigenvalues" in res:
         res["ggn_eigenvalues"] = res.pop("ggn_eigenvalues")
-    res = {k: _jsonable(v) if not isinstance(v, dict) else {a: _jsonable(b) for a, b in v.items()}
-           for k, v in res.items()}
+    res = {
+        k: _jsonable(v) if not isinstance(v, dict) else {a: _jsonable(b) for a, b in v.items()} for k, v in res.items()
+    }
     if args.json:
         print(json.dumps(res))
         return 0

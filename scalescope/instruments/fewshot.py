@@ -43,8 +43,10 @@ def _check_source(source: Any, field: str = "instruments.fewshot") -> None:
 
     if not isinstance(source, BurstyClassificationSource):
         kind = source.describe().get("kind", type(source).__name__) if hasattr(source, "describe") else "?"
-        raise ConfigError(f"fewshot needs a bursty_classification source (data.kind = 'bursty_classification'), "
-                          f"not {kind!r}", field=field)
+        raise ConfigError(
+            f"fewshot needs a bursty_classification source (data.kind = 'bursty_classification'), not {kind!r}",
+            field=field,
+        )
 
 
 def _nearest_item(items: np.ndarray, labels: np.ndarray) -> np.ndarray:
@@ -69,8 +71,15 @@ def _nearest_centre(source: Any, query: np.ndarray) -> np.ndarray:
 
 
 @torch.no_grad()
-def fewshot_metrics(model: torch.nn.Module, source: Any, *, seq_len: int, n_batches: int, batch_size: int,
-                    device: torch.device | str = "cpu") -> dict[str, float]:
+def fewshot_metrics(
+    model: torch.nn.Module,
+    source: Any,
+    *,
+    seq_len: int,
+    n_batches: int,
+    batch_size: int,
+    device: torch.device | str = "cpu",
+) -> dict[str, float]:
     """ICL / IWL / training-distribution accuracy and log-probability of the right label, and the exact
     references of the module doc, over ``n_batches`` probe batches of each distribution."""
     _check_source(source)
@@ -121,8 +130,14 @@ def make(n_batches: int = 2) -> Any:
     _check_n_batches(n_batches, "instruments.fewshot.n_batches")
 
     def probe(ctx: ProbeContext) -> dict[str, Any]:
-        return fewshot_metrics(ctx.model, ctx.source, seq_len=ctx.seq_len, n_batches=n_batches,
-                               batch_size=ctx.batch_size, device=ctx.device)
+        return fewshot_metrics(
+            ctx.model,
+            ctx.source,
+            seq_len=ctx.seq_len,
+            n_batches=n_batches,
+            batch_size=ctx.batch_size,
+            device=ctx.device,
+        )
 
     return requires_data_kind(probe, "bursty_classification", "fewshot")
 
@@ -131,8 +146,9 @@ def make(n_batches: int = 2) -> Any:
 # Offline: ``scalescope probe fewshot RUN_DIR [--step S] --json``.
 
 
-def probe_run(run_dir: str, step: int | None = None, *, n_batches: int = 4, batch_size: int | None = None
-              ) -> dict[str, Any]:
+def probe_run(
+    run_dir: str, step: int | None = None, *, n_batches: int = 4, batch_size: int | None = None
+) -> dict[str, Any]:
     """The fewshot metrics of a stored run at ``step`` (default: the latest checkpoint)."""
     from .offline import check_batch_options, load_run
 
@@ -141,10 +157,21 @@ def probe_run(run_dir: str, step: int | None = None, *, n_batches: int = 4, batc
     _check_source(run.source, field="data.kind")
     ctx = run.context(batch_size)
     with torch.random.fork_rng(devices=[]):
-        m = fewshot_metrics(run.model, run.source, seq_len=ctx.seq_len, n_batches=n_batches,
-                            batch_size=ctx.batch_size, device=run.device)
-    return {"run_dir": str(run.run_dir.path), "step": run.step, "sequences": n_batches * ctx.batch_size,
-            "source": run.source.describe(), **m}
+        m = fewshot_metrics(
+            run.model,
+            run.source,
+            seq_len=ctx.seq_len,
+            n_batches=n_batches,
+            batch_size=ctx.batch_size,
+            device=run.device,
+        )
+    return {
+        "run_dir": str(run.run_dir.path),
+        "step": run.step,
+        "sequences": n_batches * ctx.batch_size,
+        "source": run.source.describe(),
+        **m,
+    }
 
 
 def _cmd(args: argparse.Namespace) -> int:
@@ -154,15 +181,19 @@ def _cmd(args: argparse.Namespace) -> int:
         return 0
     w = sys.stdout.write
     src = r["source"]
-    w(f"run {r['run_dir']} at step {r['step']}: K = {src['n_classes']} classes, L = {src['n_labels']} labels, "
-      f"B = {src['burstiness']}, {r['sequences']} sequences per set\n")
+    w(
+        f"run {r['run_dir']} at step {r['step']}: K = {src['n_classes']} classes, L = {src['n_labels']} labels, "
+        f"B = {src['burstiness']}, {r['sequences']} sequences per set\n"
+    )
     w(f"  {'set':12s}{'accuracy':>10s}{'log p':>10s}{'reference':>12s}\n")
     refs = {"icl": r["icl/nearest_item_accuracy"], "iwl": r["iwl/nearest_centre_accuracy"]}
     for name in ("icl", "iwl", "train_dist", "chance"):
         ref = f"{refs[name]:12.3f}" if name in refs else ""
         w(f"  {name:12s}{r[name + '/accuracy']:10.3f}{r[name + '/logp']:10.3f}{ref}\n")
-    w(f"  (reference: icl = nearest context item, iwl = nearest true class centre; a uniform guess among the "
-      f"context's labels scores {r['icl/context_label_accuracy']:.3f} on icl)\n")
+    w(
+        f"  (reference: icl = nearest context item, iwl = nearest true class centre; a uniform guess among the "
+        f"context's labels scores {r['icl/context_label_accuracy']:.3f} on icl)\n"
+    )
     return 0
 
 
@@ -170,7 +201,9 @@ def add_probe_command(subparsers: Any) -> None:
     """``probe fewshot``: in-context vs in-weights accuracy and log-probability (Chan et al. 2022)."""
     from ..probe_cli import add_common
 
-    p = subparsers.add_parser("fewshot", help="ICL vs IWL accuracy and log-prob on bursty few-shot "
-                                              "classification (Chan et al. 2022; Reddy 2023)")
+    p = subparsers.add_parser(
+        "fewshot",
+        help="ICL vs IWL accuracy and log-prob on bursty few-shot classification (Chan et al. 2022; Reddy 2023)",
+    )
     add_common(p, batches_of="sequences")
     p.set_defaults(fn=_cmd)

@@ -92,8 +92,16 @@ class Objective:
     the model's own parameters are used, detached (same storage), so no ``.grad`` is ever written.
     """
 
-    def __init__(self, model: nn.Module, inputs: torch.Tensor, targets: torch.Tensor,
-                 mask: torch.Tensor | None = None, *, loss: LossKind = "ce", dtype: torch.dtype | None = None):
+    def __init__(
+        self,
+        model: nn.Module,
+        inputs: torch.Tensor,
+        targets: torch.Tensor,
+        mask: torch.Tensor | None = None,
+        *,
+        loss: LossKind = "ce",
+        dtype: torch.dtype | None = None,
+    ):
         if dtype is not None and next(model.parameters()).dtype != dtype:
             model = copy.deepcopy(model).to(dtype)
             if inputs.is_floating_point():
@@ -290,8 +298,9 @@ def adam_preconditioner(optimizer: torch.optim.Optimizer, params: list[torch.Ten
     return torch.cat(parts)
 
 
-def top_eigenpairs(op: Operator, k: int, *, tol: float = 1e-6, seed: int = 0, maxiter: int | None = None,
-                   vectors: bool = True) -> tuple[np.ndarray, np.ndarray | None]:
+def top_eigenpairs(
+    op: Operator, k: int, *, tol: float = 1e-6, seed: int = 0, maxiter: int | None = None, vectors: bool = True
+) -> tuple[np.ndarray, np.ndarray | None]:
     """The k largest (algebraic) eigenvalues, descending, and their eigenvectors (n, k), by ARPACK's
     implicitly restarted Lanczos (``scipy.sparse.linalg.eigsh``, which="LA"; Lehoucq et al. 1998).
 

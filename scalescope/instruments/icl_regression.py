@@ -41,14 +41,24 @@ _FRESH = 1 << 20  # fresh-task prompts: a disjoint range of the same probe strea
 
 def _check_source(source: Any) -> None:
     if not hasattr(source, "sample") or not hasattr(source, "dim"):
-        raise ConfigError("icl_regression needs a linear_regression source (data.kind = 'linear_regression')",
-                          field="instruments.icl_regression")
+        raise ConfigError(
+            "icl_regression needs a linear_regression source (data.kind = 'linear_regression')",
+            field="instruments.icl_regression",
+        )
 
 
 @torch.no_grad()
-def error_by_k(model: torch.nn.Module, source: Any, *, seq_len: int, n_batches: int, batch_size: int,
-               device: torch.device | str = "cpu", baselines: tuple[str, ...] | None = None,
-               fresh_tasks: bool = False) -> dict[str, np.ndarray]:
+def error_by_k(
+    model: torch.nn.Module,
+    source: Any,
+    *,
+    seq_len: int,
+    n_batches: int,
+    batch_size: int,
+    device: torch.device | str = "cpu",
+    baselines: tuple[str, ...] | None = None,
+    fresh_tasks: bool = False,
+) -> dict[str, np.ndarray]:
     """Normalized squared error (K,) against k = 0 .. K−1 in-context examples, for ``"model"`` and each
     baseline, over ``n_batches`` probe batches of the regression source (``fresh_tasks``: prompts whose w is
     drawn fresh from N(0, I_d) instead of from the source's task pool; the baselines keep the pool)."""
@@ -68,8 +78,7 @@ def error_by_k(model: torch.nn.Module, source: Any, *, seq_len: int, n_batches: 
         sq["model"].append((pred - ys) ** 2)
         for n in names:
             f = BASELINES[n]
-            p = np.array([[f(xs[j, :k], ys[j, :k], xs[j, k], noise, pool) for k in range(K)]
-                          for j in range(len(ys))])
+            p = np.array([[f(xs[j, :k], ys[j, :k], xs[j, k], noise, pool) for k in range(K)] for j in range(len(ys))])
             sq[n].append((p - ys) ** 2)
     return {n: np.concatenate(v).mean(axis=0) / d for n, v in sq.items()}
 
@@ -99,18 +108,27 @@ def make(n_batches: int = 2, baselines: list[str] | None = None) -> Any:
     """Error against k for the model and the baselines (options: ``n_batches`` probe batches, ``baselines``
     a subset of least_squares, ridge, pool_posterior, nearest_3, averaging)."""
     if not isinstance(n_batches, int) or n_batches < 1:
-        raise ConfigError(f"expected a positive integer, got {n_batches!r}",
-                          field="instruments.icl_regression.n_batches")
+        raise ConfigError(
+            f"expected a positive integer, got {n_batches!r}", field="instruments.icl_regression.n_batches"
+        )
     for n in baselines or ():
         if n not in BASELINES:
-            raise ConfigError(f"unknown baseline {n!r}; known: {', '.join(BASELINES)}",
-                              field="instruments.icl_regression.baselines")
+            raise ConfigError(
+                f"unknown baseline {n!r}; known: {', '.join(BASELINES)}", field="instruments.icl_regression.baselines"
+            )
     chosen = None if baselines is None else tuple(baselines)
 
     def probe(ctx: ProbeContext) -> dict[str, Any]:
         _check_source(ctx.source)
-        return _measure(ctx.model, ctx.source, seq_len=ctx.seq_len, n_batches=n_batches,
-                        batch_size=ctx.batch_size, device=ctx.device, baselines=chosen)
+        return _measure(
+            ctx.model,
+            ctx.source,
+            seq_len=ctx.seq_len,
+            n_batches=n_batches,
+            batch_size=ctx.batch_size,
+            device=ctx.device,
+            baselines=chosen,
+        )
 
     return requires_data_kind(probe, "linear_regression", "icl_regression")
 
@@ -119,8 +137,9 @@ def make(n_batches: int = 2, baselines: list[str] | None = None) -> Any:
 # Offline: ``scalescope probe icl-regression RUN_DIR [--step S] --json``.
 
 
-def probe_run(run_dir: str, step: int | None = None, *, n_batches: int = 4, batch_size: int | None = None
-              ) -> dict[str, Any]:
+def probe_run(
+    run_dir: str, step: int | None = None, *, n_batches: int = 4, batch_size: int | None = None
+) -> dict[str, Any]:
     """Error against k for the model of a stored run at ``step`` (default: latest) and every baseline."""
     from .offline import check_batch_options, load_run
 
@@ -129,11 +148,20 @@ def probe_run(run_dir: str, step: int | None = None, *, n_batches: int = 4, batc
     _check_source(run.source)
     ctx = run.context(batch_size)
     with torch.random.fork_rng(devices=[]):
-        m = _measure(run.model, run.source, seq_len=ctx.seq_len, n_batches=n_batches,
-                     batch_size=ctx.batch_size, device=run.device)
+        m = _measure(
+            run.model,
+            run.source,
+            seq_len=ctx.seq_len,
+            n_batches=n_batches,
+            batch_size=ctx.batch_size,
+            device=run.device,
+        )
     out: dict[str, Any] = {
-        "run_dir": str(run.run_dir.path), "step": run.step, "dim": run.source.dim,
-        "noise_std": run.source.noise_std, "task_pool": None if run.source.pool is None else len(run.source.pool),
+        "run_dir": str(run.run_dir.path),
+        "step": run.step,
+        "dim": run.source.dim,
+        "noise_std": run.source.noise_std,
+        "task_pool": None if run.source.pool is None else len(run.source.pool),
         "sequences": n_batches * ctx.batch_size,
     }
     out.update({k: v for k, v in m.items() if "error_by_k/" not in k})
@@ -151,8 +179,10 @@ def _cmd(args: argparse.Namespace) -> int:
         return 0
     w = sys.stdout.write
     w(f"run {r['run_dir']} at step {r['step']}: d = {r['dim']}, {r['sequences']} prompts\n")
-    for key, title in [("error_by_k", "tasks of the training distribution"),
-                       ("fresh_error_by_k", "fresh tasks w ~ N(0, I), outside the pool")]:
+    for key, title in [
+        ("error_by_k", "tasks of the training distribution"),
+        ("fresh_error_by_k", "fresh tasks w ~ N(0, I), outside the pool"),
+    ]:
         if key not in r:
             continue
         curves = r[key]
@@ -167,7 +197,8 @@ def add_probe_command(subparsers: Any) -> None:
     """``probe icl-regression``: normalized error against in-context examples, model and baselines."""
     from ..probe_cli import add_common
 
-    p = subparsers.add_parser("icl-regression",
-                              help="in-context regression error against k, beside exact baselines (Garg et al. 2022)")
+    p = subparsers.add_parser(
+        "icl-regression", help="in-context regression error against k, beside exact baselines (Garg et al. 2022)"
+    )
     add_common(p, batches_of="prompts")
     p.set_defaults(fn=_cmd)

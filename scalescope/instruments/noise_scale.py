@@ -175,8 +175,9 @@ def _loss(model: torch.nn.Module, b: Batch) -> torch.Tensor:
 def _split(batch: Batch, n: int) -> list[Batch]:
     m = batch.inputs.shape[0] // n
     sl = [slice(i * m, (i + 1) * m) for i in range(n)]
-    return [Batch(batch.inputs[s], batch.targets[s], None if batch.loss_mask is None else batch.loss_mask[s])
-            for s in sl]
+    return [
+        Batch(batch.inputs[s], batch.targets[s], None if batch.loss_mask is None else batch.loss_mask[s]) for s in sl
+    ]
 
 
 def _hvps(model: torch.nn.Module, params: list[torch.nn.Parameter], batch: Batch, V: torch.Tensor) -> torch.Tensor:
@@ -186,8 +187,9 @@ def _hvps(model: torch.nn.Module, params: list[torch.nn.Parameter], batch: Batch
         grads = torch.autograd.grad(_loss(model, batch), params, create_graph=True)
         out = torch.empty_like(V)
         for i in range(V.shape[0]):
-            hv = torch.autograd.grad(grads, params, grad_outputs=_unflat(V[i], params), retain_graph=i < len(V) - 1,
-                                     allow_unused=True)
+            hv = torch.autograd.grad(
+                grads, params, grad_outputs=_unflat(V[i], params), retain_graph=i < len(V) - 1, allow_unused=True
+            )
             out[i] = _flat(hv, params).to(V.dtype)
     return out
 
@@ -219,12 +221,26 @@ def estimate_noise_scale(
     if hessian_batch is not None:
         HG = _hvps(model, _params(model), hessian_batch, G).double()
         h = moment_estimates((Gd * HG).sum(1).cpu().numpy(), (HG @ tot).cpu().numpy(), b)
-        extra = {"gHg": h["G2"], "trace_HSigma": h["trace"], "B_noise": h["ratio"], "B_noise_stderr": h["ratio_stderr"],
-                 "hessian_batch_size": int(hessian_batch.inputs.shape[0])}
+        extra = {
+            "gHg": h["G2"],
+            "trace_HSigma": h["trace"],
+            "B_noise": h["ratio"],
+            "B_noise_stderr": h["ratio_stderr"],
+            "hessian_batch_size": int(hessian_batch.inputs.shape[0]),
+        }
     return NoiseScaleEstimate(
-        g_small_sq=s["small_sq"], g_big_sq=s["big_sq"], b_small=b, b_big=B, n_micro=n_micro, G2=s["G2"],
-        trace_sigma=s["trace"], B_simple=s["ratio"], G2_stderr=s["G2_stderr"], trace_sigma_stderr=s["trace_stderr"],
-        B_simple_stderr=s["ratio_stderr"], **extra,
+        g_small_sq=s["small_sq"],
+        g_big_sq=s["big_sq"],
+        b_small=b,
+        b_big=B,
+        n_micro=n_micro,
+        G2=s["G2"],
+        trace_sigma=s["trace"],
+        B_simple=s["ratio"],
+        G2_stderr=s["G2_stderr"],
+        trace_sigma_stderr=s["trace_stderr"],
+        B_simple_stderr=s["ratio_stderr"],
+        **extra,
     )
 
 
@@ -301,12 +317,15 @@ def _check_int(v: Any, name: str, lo: int) -> None:
         raise ConfigError(f"expected an integer >= {lo}, got {v!r}", field=f"instruments.noise_scale.{name}")
 
 
-def _batches(ctx: ProbeContext, n_micro: int, micro: int | None, hess_bs: int | None, hess: bool,
-             fresh: bool) -> tuple[Batch, Batch | None]:
+def _batches(
+    ctx: ProbeContext, n_micro: int, micro: int | None, hess_bs: int | None, hess: bool, fresh: bool
+) -> tuple[Batch, Batch | None]:
     b_big = micro * n_micro if micro else ctx.batch_size
     if b_big < n_micro or b_big % n_micro:
-        raise ConfigError(f"batch size {b_big} cannot be split into n_micro={n_micro} equal micro-batches",
-                          field="instruments.noise_scale.n_micro")
+        raise ConfigError(
+            f"batch size {b_big} cannot be split into n_micro={n_micro} equal micro-batches",
+            field="instruments.noise_scale.n_micro",
+        )
     # From the probe stream, never the train stream: the probe must not reuse the data training sees. A
     # fresh draw per evaluation makes successive estimates independent, which is what the EMA assumes.
     idx = ctx.step if fresh else 0
@@ -367,13 +386,25 @@ def make_noise_scale(
         est = estimate_noise_scale(ctx.model, batch, n_micro, hb)
         g2_ema, tr_ema, b_ema = avg.update(est.G2, est.trace_sigma)
         out = {
-            "B_simple": b_ema, "B_simple_eval": est.B_simple, "B_simple_stderr": est.B_simple_stderr,
-            "G2": est.G2, "trace_sigma": est.trace_sigma, "G2_ema": g2_ema, "trace_sigma_ema": tr_ema,
-            "g_small_sq": est.g_small_sq, "g_big_sq": est.g_big_sq, "b_small": est.b_small, "b_big": est.b_big,
+            "B_simple": b_ema,
+            "B_simple_eval": est.B_simple,
+            "B_simple_stderr": est.B_simple_stderr,
+            "G2": est.G2,
+            "trace_sigma": est.trace_sigma,
+            "G2_ema": g2_ema,
+            "trace_sigma_ema": tr_ema,
+            "g_small_sq": est.g_small_sq,
+            "g_big_sq": est.g_big_sq,
+            "b_small": est.b_small,
+            "b_big": est.b_big,
         }
         if hb is not None:
-            out |= {"B_noise": est.B_noise, "B_noise_stderr": est.B_noise_stderr, "gHg": est.gHg,
-                    "trace_HSigma": est.trace_HSigma}
+            out |= {
+                "B_noise": est.B_noise,
+                "B_noise_stderr": est.B_noise_stderr,
+                "gHg": est.gHg,
+                "trace_HSigma": est.trace_HSigma,
+            }
         return {k: float(v) for k, v in out.items()}
 
     return probe
@@ -383,8 +414,15 @@ def make_noise_scale(
 # Offline: ``scalescope probe noise-scale RUN_DIR [--step S] --json``.
 
 
-def probe_run(run_dir: str, step: int | None = None, *, n_micro: int = 16, micro_batch_size: int | None = None,
-              hessian: bool = True, hessian_batch_size: int | None = None) -> dict[str, Any]:
+def probe_run(
+    run_dir: str,
+    step: int | None = None,
+    *,
+    n_micro: int = 16,
+    micro_batch_size: int | None = None,
+    hessian: bool = True,
+    hessian_batch_size: int | None = None,
+) -> dict[str, Any]:
     """B_simple, B_noise, |G|², tr(Σ) (and more) of a stored run at ``step`` (default: latest checkpoint)."""
     from .offline import load_run
 
@@ -400,8 +438,15 @@ def probe_run(run_dir: str, step: int | None = None, *, n_micro: int = 16, micro
         batch, hb = _batches(ctx, n_micro, micro, hessian_batch_size or micro * n_micro, hessian, True)
         est = estimate_noise_scale(run.model, batch, n_micro, hb)
     T = run.cfg.model.seq_len
-    return {"run_dir": str(run.run_dir.path), "step": run.step, "unit": "sequences", "seq_len": T,
-            **est.as_dict(), "B_simple_tokens": est.B_simple * T, "B_noise_tokens": est.B_noise * T}
+    return {
+        "run_dir": str(run.run_dir.path),
+        "step": run.step,
+        "unit": "sequences",
+        "seq_len": T,
+        **est.as_dict(),
+        "B_simple_tokens": est.B_simple * T,
+        "B_noise_tokens": est.B_noise * T,
+    }
 
 
 def _json_safe(d: dict[str, Any]) -> dict[str, Any]:
@@ -409,15 +454,23 @@ def _json_safe(d: dict[str, Any]) -> dict[str, Any]:
 
 
 def _cmd(args: argparse.Namespace) -> int:
-    r = probe_run(args.run_dir, args.step, n_micro=args.n_micro, micro_batch_size=args.micro_batch_size,
-                  hessian=not args.no_hessian, hessian_batch_size=args.hessian_batch_size)
+    r = probe_run(
+        args.run_dir,
+        args.step,
+        n_micro=args.n_micro,
+        micro_batch_size=args.micro_batch_size,
+        hessian=not args.no_hessian,
+        hessian_batch_size=args.hessian_batch_size,
+    )
     if args.json:
         print(json.dumps(_json_safe(r), indent=1))
         return 0
     w = sys.stdout.write
     w(f"run {r['run_dir']} at step {r['step']}: {r['n_micro']:.0f} micro-batches of {r['b_small']:.0f} sequences\n")
-    w(f"  |G|^2    = {r['G2']:.4g} ± {r['G2_stderr']:.2g}\n  tr(Sigma) = {r['trace_sigma']:.4g} ± "
-      f"{r['trace_sigma_stderr']:.2g}\n")
+    w(
+        f"  |G|^2    = {r['G2']:.4g} ± {r['G2_stderr']:.2g}\n  tr(Sigma) = {r['trace_sigma']:.4g} ± "
+        f"{r['trace_sigma_stderr']:.2g}\n"
+    )
     w(f"  B_simple = {r['B_simple']:.4g} ± {r['B_simple_stderr']:.2g} sequences ({r['B_simple_tokens']:.4g} tokens)\n")
     if not args.no_hessian:
         w(f"  B_noise  = {r['B_noise']:.4g} ± {r['B_noise_stderr']:.2g} sequences ({r['B_noise_tokens']:.4g} tokens)\n")
@@ -431,9 +484,17 @@ def add_probe_command(subparsers: Any) -> None:
     p = subparsers.add_parser("noise-scale", help="gradient noise scale B_simple and B_noise (McCandlish et al. 2018)")
     add_common(p)
     p.add_argument("--n-micro", type=int, default=16, help="micro-batches (default 16)")
-    p.add_argument("--micro-batch-size", type=int, default=None,
-                   help="sequences per micro-batch (default: the run's micro-batch or batch size)")
-    p.add_argument("--hessian-batch-size", type=int, default=None,
-                   help="sequences in the batch whose Hessian B_noise uses (default: all micro-batches together)")
+    p.add_argument(
+        "--micro-batch-size",
+        type=int,
+        default=None,
+        help="sequences per micro-batch (default: the run's micro-batch or batch size)",
+    )
+    p.add_argument(
+        "--hessian-batch-size",
+        type=int,
+        default=None,
+        help="sequences in the batch whose Hessian B_noise uses (default: all micro-batches together)",
+    )
     p.add_argument("--no-hessian", action="store_true", help="skip B_noise (no Hessian-vector products)")
     p.set_defaults(fn=_cmd)

@@ -36,10 +36,15 @@ class LoadedRun:
 
         total = budget_steps(self.cfg, self.model.flops_per_token())
         return ProbeContext(
-            model=self.model, optimizer=self.optimizer, source=self.source, step=self.step,
+            model=self.model,
+            optimizer=self.optimizer,
+            source=self.source,
+            step=self.step,
             seq_len=self.cfg.model.seq_len,
             batch_size=batch_size or self.cfg.train.micro_batch_size or self.cfg.train.batch_size,
-            device=self.device, train_cfg=self.cfg.train, lr=lr_at(min(self.step, total - 1), self.cfg.train, total),
+            device=self.device,
+            train_cfg=self.cfg.train,
+            lr=lr_at(min(self.step, total - 1), self.cfg.train, total),
         )
 
 
@@ -60,8 +65,9 @@ def available_steps(rd: RunDir) -> list[int]:
     return sorted(steps)
 
 
-def load_run(run_dir: str | Path, step: int | None = None, *, attention: str | None = "math",
-             device: str = "auto") -> LoadedRun:
+def load_run(
+    run_dir: str | Path, step: int | None = None, *, attention: str | None = "math", device: str = "auto"
+) -> LoadedRun:
     """The run's model (and optimizer, when its state is stored) at ``step`` (None: the latest checkpoint).
 
     ``attention="math"`` switches the model to the explicit attention path, which Hessian-vector
@@ -95,7 +101,10 @@ def load_run(run_dir: str | Path, step: int | None = None, *, attention: str | N
             steps = available_steps(rd) + ([latest["step"]] if latest else [])
             raise C.ConfigError(
                 f"no weights at step {step}; available steps: {sorted(set(steps)) or 'none'} "
-                "(set train.keep_weights = true to keep weights at every evaluation)", file=rd.path, field="--step")
+                "(set train.keep_weights = true to keep weights at every evaluation)",
+                file=rd.path,
+                field="--step",
+            )
         model.load_state_dict(torch.load(wp, map_location="cpu", weights_only=True))
     model.to(dev)
     if has_opt:  # move optimizer state next to the parameters

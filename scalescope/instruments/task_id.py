@@ -35,8 +35,15 @@ import torch.nn.functional as F
 from ..config import ConfigError
 from . import ProbeContext, register, requires_data_kind
 
-__all__ = ["DEFAULT_TARGET", "add_probe_command", "demos_needed", "probe_run", "reference_prompts", "summary",
-           "task_id_curves"]
+__all__ = [
+    "DEFAULT_TARGET",
+    "add_probe_command",
+    "demos_needed",
+    "probe_run",
+    "reference_prompts",
+    "summary",
+    "task_id_curves",
+]
 
 DEFAULT_TARGET = 0.8
 # Probe-stream indices of these batches: away from the small indices other instruments use.
@@ -46,8 +53,9 @@ _STREAM = 1 << 27
 def _check_source(source: Any, field: str = "instruments.task_id") -> None:
     if not hasattr(source, "pool") or not hasattr(source, "n_outputs"):
         kind = (source.describe() or {}).get("kind", type(source).__name__) if hasattr(source, "describe") else "?"
-        raise ConfigError(f"task_id needs a discrete_tasks source (data.kind = 'discrete_tasks'), not {kind!r}",
-                          field=field)
+        raise ConfigError(
+            f"task_id needs a discrete_tasks source (data.kind = 'discrete_tasks'), not {kind!r}", field=field
+        )
 
 
 def demos_needed(acc: np.ndarray, target: float) -> float:
@@ -86,9 +94,16 @@ def reference_prompts(source: Any, *, seq_len: int, n_batches: int, batch_size: 
 
 
 @torch.no_grad()
-def task_id_curves(model: torch.nn.Module, source: Any, *, seq_len: int, n_batches: int, batch_size: int,
-                   device: torch.device | str = "cpu", prompts: list[dict[str, Any]] | None = None
-                   ) -> dict[str, np.ndarray]:
+def task_id_curves(
+    model: torch.nn.Module,
+    source: Any,
+    *,
+    seq_len: int,
+    n_batches: int,
+    batch_size: int,
+    device: torch.device | str = "cpu",
+    prompts: list[dict[str, Any]] | None = None,
+) -> dict[str, np.ndarray]:
     """Mean accuracy and log-probability of the right output (n,) against k, keyed ``<set>/<metric>/<who>``
     with set ∈ {seen, unseen}, metric ∈ {acc_by_k, logp_by_k}, who ∈ {model, ideal, lookup} (no unseen/lookup:
     it is unseen/ideal). ``prompts``: :func:`reference_prompts` of the same arguments, when already made."""
@@ -157,10 +172,18 @@ def make(n_batches: int = 2, target: float = DEFAULT_TARGET, ks: list[int] | Non
         key = (id(ctx.source), ctx.seq_len, ctx.batch_size)
         if key not in cache:
             cache.clear()
-            cache[key] = reference_prompts(ctx.source, seq_len=ctx.seq_len, n_batches=n_batches,
-                                           batch_size=ctx.batch_size)
-        curves = task_id_curves(ctx.model, ctx.source, seq_len=ctx.seq_len, n_batches=n_batches,
-                                batch_size=ctx.batch_size, device=ctx.device, prompts=cache[key])
+            cache[key] = reference_prompts(
+                ctx.source, seq_len=ctx.seq_len, n_batches=n_batches, batch_size=ctx.batch_size
+            )
+        curves = task_id_curves(
+            ctx.model,
+            ctx.source,
+            seq_len=ctx.seq_len,
+            n_batches=n_batches,
+            batch_size=ctx.batch_size,
+            device=ctx.device,
+            prompts=cache[key],
+        )
         out: dict[str, Any] = dict(curves)
         out.update(summary(curves, float(target), ks))
         return out
@@ -172,8 +195,14 @@ def make(n_batches: int = 2, target: float = DEFAULT_TARGET, ks: list[int] | Non
 # Offline: ``scalescope probe task-id RUN_DIR [--step S] --json``.
 
 
-def probe_run(run_dir: str, step: int | None = None, *, n_batches: int = 4, batch_size: int | None = None,
-              target: float = DEFAULT_TARGET) -> dict[str, Any]:
+def probe_run(
+    run_dir: str,
+    step: int | None = None,
+    *,
+    n_batches: int = 4,
+    batch_size: int | None = None,
+    target: float = DEFAULT_TARGET,
+) -> dict[str, Any]:
     """Task-identification curves and summaries of a stored run's model at ``step`` (default: latest)."""
     from .offline import check_batch_options, load_run
 
@@ -183,12 +212,22 @@ def probe_run(run_dir: str, step: int | None = None, *, n_batches: int = 4, batc
     _check_source(run.source, field="probe task-id")
     ctx = run.context(batch_size)
     with torch.random.fork_rng(devices=[]):
-        curves = task_id_curves(run.model, run.source, seq_len=ctx.seq_len, n_batches=n_batches,
-                                batch_size=ctx.batch_size, device=run.device)
+        curves = task_id_curves(
+            run.model,
+            run.source,
+            seq_len=ctx.seq_len,
+            n_batches=n_batches,
+            batch_size=ctx.batch_size,
+            device=run.device,
+        )
     src = run.source
     return {
-        "run_dir": str(run.run_dir.path), "step": run.step, "n_tasks": src.n_tasks, "n_inputs": src.n_inputs,
-        "n_outputs": src.n_outputs, "prompts_per_set": n_batches * ctx.batch_size,
+        "run_dir": str(run.run_dir.path),
+        "step": run.step,
+        "n_tasks": src.n_tasks,
+        "n_inputs": src.n_inputs,
+        "n_outputs": src.n_outputs,
+        "prompts_per_set": n_batches * ctx.batch_size,
         **{k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in summary(curves, target).items()},
         "curves": {k: [float(x) for x in c] for k, c in curves.items()},
     }
@@ -200,8 +239,10 @@ def _cmd(args: argparse.Namespace) -> int:
         print(json.dumps(r, indent=1))
         return 0
     w = sys.stdout.write
-    w(f"run {r['run_dir']} at step {r['step']}: K = {r['n_tasks']} tasks, {r['n_inputs']} inputs -> "
-      f"{r['n_outputs']} outputs, {r['prompts_per_set']} prompts per set\n")
+    w(
+        f"run {r['run_dir']} at step {r['step']}: K = {r['n_tasks']} tasks, {r['n_inputs']} inputs -> "
+        f"{r['n_outputs']} outputs, {r['prompts_per_set']} prompts per set\n"
+    )
     names = [k for k in r["curves"] if "/acc_by_k/" in k]
     w("accuracy\n  k  " + "".join(f"{n.replace('/acc_by_k', ''):>15}" for n in names) + "\n")
     for k in range(len(r["curves"][names[0]])):
@@ -209,8 +250,10 @@ def _cmd(args: argparse.Namespace) -> int:
     for n in names:
         key = n.replace("acc_by_k", "demos_needed")
         v = r.get(key)
-        w(f"demos to reach accuracy {r['target']:g}, {n.replace('/acc_by_k', '')}: "
-          f"{'not reached' if v is None else f'{v:.2f}'}\n")
+        w(
+            f"demos to reach accuracy {r['target']:g}, {n.replace('/acc_by_k', '')}: "
+            f"{'not reached' if v is None else f'{v:.2f}'}\n"
+        )
     return 0
 
 
@@ -218,9 +261,15 @@ def add_probe_command(subparsers: Any) -> None:
     """``probe task-id``: accuracy against demonstrations on seen and unseen tasks, beside ideal observers."""
     from ..probe_cli import add_common
 
-    p = subparsers.add_parser("task-id", help="task-identification accuracy against the number of "
-                                              "demonstrations, beside the exact ideal observers")
+    p = subparsers.add_parser(
+        "task-id",
+        help="task-identification accuracy against the number of demonstrations, beside the exact ideal observers",
+    )
     add_common(p, batches_of="prompts")
-    p.add_argument("--target", type=float, default=DEFAULT_TARGET,
-                   help=f"accuracy for 'demonstrations needed' (default {DEFAULT_TARGET})")
+    p.add_argument(
+        "--target",
+        type=float,
+        default=DEFAULT_TARGET,
+        help=f"accuracy for 'demonstrations needed' (default {DEFAULT_TARGET})",
+    )
     p.set_defaults(fn=_cmd)

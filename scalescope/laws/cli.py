@@ -71,7 +71,7 @@ def add_fit_parser(subparsers: Any) -> argparse.ArgumentParser:
         "--where",
         metavar="EXPR",
         help="with --store: keep runs matching a pandas query on the runs table, "
-        "e.g. \"`train.tokens` >= 1e6 and `model.n_layer` == 2\"",
+        'e.g. "`train.tokens` >= 1e6 and `model.n_layer` == 2"',
     )
     c.add_argument(
         "--grid",
@@ -199,8 +199,14 @@ def _store_data(args: argparse.Namespace) -> tuple[np.ndarray, np.ndarray, dict[
     return (
         X,
         vals["final_val_loss"].to_numpy(),
-        {"store": args.store, "n": ncol, "d": "tokens", "loss": "final_val_loss", "runs": int(good.sum()),
-         "where": getattr(args, "where", None)},
+        {
+            "store": args.store,
+            "n": ncol,
+            "d": "tokens",
+            "loss": "final_val_loss",
+            "runs": int(good.sum()),
+            "where": getattr(args, "where", None),
+        },
     )
 
 

@@ -20,8 +20,20 @@ from pathlib import Path
 from . import emergence_panels, instrument_panels, panels, prompt_length_panel  # noqa: F401 - registers the built-in panels
 from .core import DEFAULT_BOOTSTRAP, PANELS, Context, Section, Skip, build_sections, figure, page, panel, table
 
-__all__ = ["DEFAULT_BOOTSTRAP", "PANELS", "Context", "Section", "Skip", "build_sections", "figure", "page",
-           "panel", "render", "table", "write_report"]
+__all__ = [
+    "DEFAULT_BOOTSTRAP",
+    "PANELS",
+    "Context",
+    "Section",
+    "Skip",
+    "build_sections",
+    "figure",
+    "page",
+    "panel",
+    "render",
+    "table",
+    "write_report",
+]
 
 
 def render(store: str | Path, *, bootstrap: int = DEFAULT_BOOTSTRAP, seed: int = 0) -> tuple[str, list[Section]]:

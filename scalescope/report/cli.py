@@ -17,8 +17,13 @@ def add_report_parser(subparsers: Any) -> argparse.ArgumentParser:
     p = subparsers.add_parser("report", help="write one self-contained HTML report of a store")
     p.add_argument("store", help="store directory")
     p.add_argument("--out", default=None, metavar="FILE", help="output HTML file (default: STORE/report.html)")
-    p.add_argument("--bootstrap", type=int, default=DEFAULT_BOOTSTRAP, metavar="K",
-                   help=f"bootstrap resamples for the fits' intervals (default {DEFAULT_BOOTSTRAP})")
+    p.add_argument(
+        "--bootstrap",
+        type=int,
+        default=DEFAULT_BOOTSTRAP,
+        metavar="K",
+        help=f"bootstrap resamples for the fits' intervals (default {DEFAULT_BOOTSTRAP})",
+    )
     p.add_argument("--seed", type=int, default=0, help="bootstrap seed (default 0)")
     p.set_defaults(fn=run_report)
     return p
@@ -33,6 +38,9 @@ def run_report(args: argparse.Namespace) -> int:
     out = Path(args.out) if args.out else Path(args.store) / "report.html"
     sections = write_report(args.store, out, bootstrap=args.bootstrap, seed=args.seed)
     skipped = [s for s in sections if s.skipped]
-    print(f"wrote {out} ({out.stat().st_size / 1024:.0f} KiB, {len(sections)} panels"
-          + (f"; skipped: {', '.join(s.key for s in skipped)}" if skipped else "") + ")")
+    print(
+        f"wrote {out} ({out.stat().st_size / 1024:.0f} KiB, {len(sections)} panels"
+        + (f"; skipped: {', '.join(s.key for s in skipped)}" if skipped else "")
+        + ")"
+    )
     return 0

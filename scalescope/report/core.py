@@ -171,7 +171,5 @@ def page(title: str, sections: Sequence[Section], subtitle: str = "") -> str:
     return (
         '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
         f"<title>{html.escape(title)}</title><style>{_CSS}</style></head><body>"
-        f'<h1>{html.escape(title)}</h1><p class="sub">{sub}</p><nav>{nav}</nav>'
-        + "".join(parts)
-        + "</body></html>\n"
+        f'<h1>{html.escape(title)}</h1><p class="sub">{sub}</p><nav>{nav}</nav>' + "".join(parts) + "</body></html>\n"
     )

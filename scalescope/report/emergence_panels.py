@@ -31,8 +31,11 @@ ERROR_PREFIX = "icl_regression/error_by_k/"  # the icl_regression instrument's a
 FRESH_PREFIX = "icl_regression/fresh/error_by_k/"  # the same on fresh tasks, for runs with a task pool
 MAX_RUN_AXES = 12  # small multiples per figure; further runs are listed as left out
 BASELINE_STYLE = {
-    "least_squares": ("0.2", "--"), "ridge": ("tab:purple", "--"), "pool_posterior": ("tab:green", "--"),
-    "nearest_3": ("tab:orange", ":"), "averaging": ("tab:brown", ":"),
+    "least_squares": ("0.2", "--"),
+    "ridge": ("tab:purple", "--"),
+    "pool_posterior": ("tab:green", "--"),
+    "nearest_3": ("tab:orange", ":"),
+    "averaging": ("tab:brown", ":"),
 }
 
 
@@ -51,8 +54,11 @@ def _label(ctx: Context, rid: str) -> str:
     row = runs[runs["id"] == rid]
     if row.empty:
         return rid
-    keys = [c for c in ("model.n_layer", "model.d_model", "model.positions", "data.kind", "seed")
-            if c in runs and runs[c].astype(str).nunique() > 1]
+    keys = [
+        c
+        for c in ("model.n_layer", "model.d_model", "model.positions", "data.kind", "seed")
+        if c in runs and runs[c].astype(str).nunique() > 1
+    ]
     return ", ".join(f"{k.rsplit('.', 1)[-1]}={_g(row[k].iloc[0])}" for k in keys) or rid
 
 
@@ -75,8 +81,12 @@ def _run_axes(ctx: Context, ids: list[str], height: float) -> tuple[Figure, list
 
 
 def _left_out(ids: list[str]) -> str:
-    return (f"<p class='note'>{len(ids) - MAX_RUN_AXES} more runs left out of the figure: "
-            f"{html.escape(', '.join(ids[MAX_RUN_AXES:]))}.</p>" if len(ids) > MAX_RUN_AXES else "")
+    return (
+        f"<p class='note'>{len(ids) - MAX_RUN_AXES} more runs left out of the figure: "
+        f"{html.escape(', '.join(ids[MAX_RUN_AXES:]))}.</p>"
+        if len(ids) > MAX_RUN_AXES
+        else ""
+    )
 
 
 # --- (a) the ICL score against step, with the induction score ---------------------------------------------
@@ -111,18 +121,34 @@ def icl_induction(ctx: Context) -> str | None:
         for key, col in (("induction_transition_step", "tab:red"), ("icl_transition_step", "tab:blue")):
             if pc.get(key) is not None:
                 ax.axvline(max(pc[key], 1), color=col, lw=0.8, alpha=0.6)
-        rows.append([_label(ctx, rid), _g(pc.get("max_prefix_matching_final"), ".3f"),
-                     _g(pc.get("induction_step"), ".0f"), _g(pc.get("induction_transition_step"), ".0f"),
-                     _g(pc.get("icl_transition_step"), ".0f"), _g(pc.get("icl_before"), ".3f"),
-                     _g(pc.get("icl_after"), ".3f")])
-    for ax in axes[len(shown):]:
+        rows.append(
+            [
+                _label(ctx, rid),
+                _g(pc.get("max_prefix_matching_final"), ".3f"),
+                _g(pc.get("induction_step"), ".0f"),
+                _g(pc.get("induction_transition_step"), ".0f"),
+                _g(pc.get("icl_transition_step"), ".0f"),
+                _g(pc.get("icl_before"), ".3f"),
+                _g(pc.get("icl_after"), ".3f"),
+            ]
+        )
+    for ax in axes[len(shown) :]:
         ax.set_visible(False)
-    note = ("<p class='note'>ICL score: loss late in the context minus loss early (Olsson et al. 2022; more "
-            "negative is more in-context learning), blue. Red dashed: the best head's prefix-matching score "
-            "(an induction head). Vertical lines: the half-way steps of each (an induction-head phase change "
-            "puts them together).</p>")
-    head = ["run", "prefix matching (final)", "step prefix ≥ 0.4", "half-way step, prefix", "half-way step, ICL",
-            "ICL first", "ICL last"]
+    note = (
+        "<p class='note'>ICL score: loss late in the context minus loss early (Olsson et al. 2022; more "
+        "negative is more in-context learning), blue. Red dashed: the best head's prefix-matching score "
+        "(an induction head). Vertical lines: the half-way steps of each (an induction-head phase change "
+        "puts them together).</p>"
+    )
+    head = [
+        "run",
+        "prefix matching (final)",
+        "step prefix ≥ 0.4",
+        "half-way step, prefix",
+        "half-way step, ICL",
+        "ICL first",
+        "ICL last",
+    ]
     return figure(fig, "ICL score and prefix matching against step") + note + _left_out(ids) + table(head, rows)
 
 
@@ -171,14 +197,24 @@ def icl_regression_error(ctx: Context) -> str | None:
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
         kk = min(len(k) - 1, 10)
-        rows.append([_label(ctx, rid), step, kk,
-                     *[_g(float(curves[n][kk]), ".3f") if n in curves else "-"
-                       for n in ("model", "least_squares", "ridge", "nearest_3", "averaging")]])
-    for ax in axes[len(shown):]:
+        rows.append(
+            [
+                _label(ctx, rid),
+                step,
+                kk,
+                *[
+                    _g(float(curves[n][kk]), ".3f") if n in curves else "-"
+                    for n in ("model", "least_squares", "ridge", "nearest_3", "averaging")
+                ],
+            ]
+        )
+    for ax in axes[len(shown) :]:
         ax.set_visible(False)
-    note = ("<p class='note'>Error of the prediction of y_{k+1} from k in-context (x, y) pairs, divided by the "
-            "dimension (Garg et al. 2022, fig. 2), at each run's last saved step; dashed and dotted: exact "
-            "baselines on the same prompts (min-norm least squares, ridge, 3-nearest neighbours, averaging).</p>")
+    note = (
+        "<p class='note'>Error of the prediction of y_{k+1} from k in-context (x, y) pairs, divided by the "
+        "dimension (Garg et al. 2022, fig. 2), at each run's last saved step; dashed and dotted: exact "
+        "baselines on the same prompts (min-norm least squares, ridge, 3-nearest neighbours, averaging).</p>"
+    )
     head = ["run", "step", "k", "model", "least squares", "ridge", "3-NN", "averaging"]
     return figure(fig, "regression error against in-context examples") + note + _left_out(ids) + table(head, rows)
 
@@ -188,8 +224,10 @@ def task_diversity(ctx: Context) -> str | None:
     """Raventós et al. 2023, fig. 1: mean error over k >= 1 on fresh tasks against the pool size M, for the
     model and the two Bayes predictors (the pool's posterior mean, optimal for pretraining; ridge, optimal
     for fresh Gaussian tasks), and the model on its own pool's tasks."""
-    skip = Skip("needs runs at two or more task-pool sizes (data.task_pool) with fresh-task error curves "
-                "(instruments.icl_regression)")
+    skip = Skip(
+        "needs runs at two or more task-pool sizes (data.task_pool) with fresh-task error curves "
+        "(instruments.icl_regression)"
+    )
     if "data.task_pool" not in ctx.runs:
         raise skip
     pools = pd.to_numeric(ctx.runs["data.task_pool"], errors="coerce")
@@ -206,24 +244,42 @@ def task_diversity(ctx: Context) -> str | None:
     fig = Figure(figsize=(6.4, 4.2), layout="constrained")
     ax = fig.subplots()
     ms = sorted({p[0] for p in pts})
-    styles = [("model", "model, fresh tasks", "tab:blue", "-", "o"),
-              ("pool_posterior", "pool posterior mean (dMMSE), fresh tasks", "tab:green", "--", "s"),
-              ("ridge", "ridge (Bayes for fresh tasks)", "tab:purple", "--", "^")]
+    styles = [
+        ("model", "model, fresh tasks", "tab:blue", "-", "o"),
+        ("pool_posterior", "pool posterior mean (dMMSE), fresh tasks", "tab:green", "--", "s"),
+        ("ridge", "ridge (Bayes for fresh tasks)", "tab:purple", "--", "^"),
+    ]
     for name, label, color, ls, marker in styles:
         per_m = [[p[3].get(name, math.nan) for p in pts if p[0] == m] for m in ms]
         ax.plot(ms, [np.nanmean(v) for v in per_m], color=color, ls=ls, marker=marker, label=label)
-    ax.plot(ms, [np.nanmean([p[4] for p in pts if p[0] == m]) for m in ms], color="tab:blue", ls=":",
-            marker=".", label="model, its pool's tasks")
+    ax.plot(
+        ms,
+        [np.nanmean([p[4] for p in pts if p[0] == m]) for m in ms],
+        color="tab:blue",
+        ls=":",
+        marker=".",
+        label="model, its pool's tasks",
+    )
     ax.set_xscale("log")
     ax.set_xlabel("pretraining tasks M")
     ax.set_ylabel("mean normalized error over k >= 1")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
-    rows = [[m, rid, step, *[_g(mean.get(n, math.nan), ".3f") for n in ("model", "pool_posterior", "ridge")],
-             _g(own, ".3f")] for m, rid, step, mean, own in pts]
-    note = ("<p class='note'>Small pools: the model follows the pool's posterior mean and fails on tasks outside "
-            "the pool; large pools: it follows ridge. The crossover is where the model's fresh-task error leaves "
-            "the posterior mean's curve for ridge's (Raventós et al. 2023).</p>")
+    rows = [
+        [
+            m,
+            rid,
+            step,
+            *[_g(mean.get(n, math.nan), ".3f") for n in ("model", "pool_posterior", "ridge")],
+            _g(own, ".3f"),
+        ]
+        for m, rid, step, mean, own in pts
+    ]
+    note = (
+        "<p class='note'>Small pools: the model follows the pool's posterior mean and fails on tasks outside "
+        "the pool; large pools: it follows ridge. The crossover is where the model's fresh-task error leaves "
+        "the posterior mean's curve for ridge's (Raventós et al. 2023).</p>"
+    )
     head = ["M", "run", "step", "model (fresh)", "dMMSE (fresh)", "ridge (fresh)", "model (pool tasks)"]
     return figure(fig, "fresh-task error against the number of pretraining tasks") + note + table(head, rows)
 
@@ -266,8 +322,10 @@ def capability_scale(ctx: Context) -> str | None:
 
     entries = [(e, c) for e in _scale(ctx) if e["x"] for c in e["capabilities"]]
     if not entries:
-        raise Skip("no finished runs at several scales logged a capability metric "
-                   "(induction/copy_accuracy, induction/max_prefix_matching, icl/accuracy_score, exact_match)")
+        raise Skip(
+            "no finished runs at several scales logged a capability metric "
+            "(induction/copy_accuracy, induction/max_prefix_matching, icl/accuracy_score, exact_match)"
+        )
     caps = {c.name: c for c in CAPABILITIES}
     recs = [r for r in load_forecasts(ctx.store) if r.get("kind") == RECORD_KIND] if ctx.store.is_dir() else []
     n = len(entries)
@@ -310,8 +368,13 @@ def capability_scale(ctx: Context) -> str | None:
                 ax.axvline(r["predicted"], color="tab:green", lw=1.4, label="forecast crossing")
             ilo, ihi = r["interval"]
             if ilo is not None:
-                ax.axvspan(ilo, ihi if ihi is not None and math.isfinite(ihi) else ax.get_xlim()[1],
-                           color="tab:green", alpha=0.12, lw=0)
+                ax.axvspan(
+                    ilo,
+                    ihi if ihi is not None and math.isfinite(ihi) else ax.get_xlim()[1],
+                    color="tab:green",
+                    alpha=0.12,
+                    lw=0,
+                )
             curve = _forecast_curve(r, grid)
             if curve is not None:
                 ax.plot(grid, curve, color="tab:green", lw=1.0, ls="-.", label="forecast (continuous trend)")
@@ -320,19 +383,31 @@ def capability_scale(ctx: Context) -> str | None:
         ax.set_title(f"{cap.name}{' (' + grp + ')' if grp else ''}", fontsize=9)
         ax.legend(fontsize=7, loc="best")
         if t:
-            rows.append([cap.name + (f" ({grp})" if grp else ""), c["n_runs"], c["verdict"], _g(t["x0"]),
-                         f"[{_g(t['x0_ci'][0])}, {_g(t['x0_ci'][1])}]", f"{t['width_decades']:.2f}",
-                         f"{t['gain']:.2f}", c["reason"]])
+            rows.append(
+                [
+                    cap.name + (f" ({grp})" if grp else ""),
+                    c["n_runs"],
+                    c["verdict"],
+                    _g(t["x0"]),
+                    f"[{_g(t['x0_ci'][0])}, {_g(t['x0_ci'][1])}]",
+                    f"{t['width_decades']:.2f}",
+                    f"{t['gain']:.2f}",
+                    c["reason"],
+                ]
+            )
         else:
-            rows.append([cap.name + (f" ({grp})" if grp else ""), c["n_runs"], "-", "-", "-", "-", "-",
-                         c.get("error", "")])
+            rows.append(
+                [cap.name + (f" ({grp})" if grp else ""), c["n_runs"], "-", "-", "-", "-", "-", c.get("error", "")]
+            )
     for ax in list(axes.flat)[n:]:
         ax.set_visible(False)
-    note = ("<p class='note'>Blue: the discontinuous metric and its sigmoid in log scale (dotted: the midpoint "
-            "x0, shaded: its bootstrap interval); red: the continuous twin and its smooth power-law trend. "
-            "A jump is a metric artifact when only the discontinuous metric jumps (Schaeffer et al. 2023). "
-            "Green: a recorded crossing forecast (line and interval; dotted: the largest fitted scale; "
-            "dash-dot: the metric implied by the continuous trend); grey dashed: its threshold.</p>")
+    note = (
+        "<p class='note'>Blue: the discontinuous metric and its sigmoid in log scale (dotted: the midpoint "
+        "x0, shaded: its bootstrap interval); red: the continuous twin and its smooth power-law trend. "
+        "A jump is a metric artifact when only the discontinuous metric jumps (Schaeffer et al. 2023). "
+        "Green: a recorded crossing forecast (line and interval; dotted: the largest fitted scale; "
+        "dash-dot: the metric implied by the continuous trend); grey dashed: its threshold.</p>"
+    )
     head = ["capability", "runs", "verdict", "x0", "95% interval", "width (decades)", "held-out gain", "reason"]
     body = figure(fig, "capabilities against scale") + note + table(head, rows)
     if recs:
@@ -340,10 +415,17 @@ def capability_scale(ctx: Context) -> str | None:
         for r in recs:
             s = r.get("score") or {}
             lo, hi = r["interval"]
-            frows.append([r["id"], r["metric"].removeprefix("final_"), _g(r["threshold"]), r["x_column"],
-                          _g(r["predicted"]), f"[{_g(lo)}, {_g(hi)}]", _g(s.get("observed")) if s else "pending",
-                          ("yes" if s.get("covered") else "no") if s else "-"])
-        body += table(["forecast", "metric", "threshold", "x", "predicted", "interval", "observed", "covered"],
-                      frows)
+            frows.append(
+                [
+                    r["id"],
+                    r["metric"].removeprefix("final_"),
+                    _g(r["threshold"]),
+                    r["x_column"],
+                    _g(r["predicted"]),
+                    f"[{_g(lo)}, {_g(hi)}]",
+                    _g(s.get("observed")) if s else "pending",
+                    ("yes" if s.get("covered") else "no") if s else "-",
+                ]
+            )
+        body += table(["forecast", "metric", "threshold", "x", "predicted", "interval", "observed", "covered"], frows)
     return body
-

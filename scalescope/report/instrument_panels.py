@@ -316,12 +316,23 @@ def critical_batch_panel(ctx: Context) -> str | None:
             err = np.vstack([np.clip(b - lo, 0, None), np.clip(hi - b, 0, None)])
             ax.errorbar(L, b, yerr=err, color=color, fmt="o", ms=6, capsize=3, lw=1.2, label=f"B_crit ({name})")
         # Beside B_crit: the noise scale measured at the same loss, and the noisy quadratic model's prediction.
-        for attr, marker, size, label in (("B_simple", "D", 36, "B_simple at the same loss"),
-                                          ("B_crit_nqm", "^", 40, "noisy quadratic model's B_crit")):
+        for attr, marker, size, label in (
+            ("B_simple", "D", 36, "B_simple at the same loss"),
+            ("B_crit_nqm", "^", 40, "noisy quadratic model's B_crit"),
+        ):
             ok = [t for t in res.targets if math.isfinite(getattr(t, attr)) and getattr(t, attr) > 0]
             if ok:
-                ax.scatter([t.target for t in ok], [getattr(t, attr) for t in ok], marker=marker, s=size,
-                           facecolor="none", edgecolor=color, lw=1.3, label=f"{label} ({name})", zorder=3)
+                ax.scatter(
+                    [t.target for t in ok],
+                    [getattr(t, attr) for t in ok],
+                    marker=marker,
+                    s=size,
+                    facecolor="none",
+                    edgecolor=color,
+                    lw=1.3,
+                    label=f"{label} ({name})",
+                    zorder=3,
+                )
         if res.law:
             Ls = np.array([t.target for t in res.targets])
             grid = np.geomspace(Ls.min() / 1.02, Ls.max() * 1.02, 50)

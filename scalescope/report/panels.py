@@ -58,8 +58,10 @@ def chinchilla(ctx: Context) -> ChinchillaLaw:
         pts = points(ctx)
         nn, nd = pts["N"].nunique(), pts["D"].nunique()
         if len(pts) < MIN_RUNS or nn < 2 or nd < 2:
-            raise Skip(f"the L(N, D) fit needs at least {MIN_RUNS} finished runs with at least 2 distinct N and "
-                       f"2 distinct D; this store has {len(pts)} finished runs, {nn} distinct N, {nd} distinct D")
+            raise Skip(
+                f"the L(N, D) fit needs at least {MIN_RUNS} finished runs with at least 2 distinct N and "
+                f"2 distinct D; this store has {len(pts)} finished runs, {nn} distinct N, {nd} distinct D"
+            )
         law = ChinchillaLaw(bootstrap=ctx.bootstrap, random_state=ctx.seed)
         try:
             with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
@@ -79,12 +81,15 @@ def holdout(ctx: Context) -> tuple[HoldoutResult, np.ndarray]:
         scale = (pts["N"] * pts["D"]).to_numpy()
         held = np.isclose(scale, scale.max(), rtol=1e-6)
         if len(pts) - held.sum() < MIN_RUNS:
-            raise Skip(f"without the largest scale only {len(pts) - held.sum()} runs are left; "
-                       f"the L(N, D) fit needs {MIN_RUNS}")
+            raise Skip(
+                f"without the largest scale only {len(pts) - held.sum()} runs are left; "
+                f"the L(N, D) fit needs {MIN_RUNS}"
+            )
         try:
             with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
-                res = holdout_largest(law, pts[["N", "D"]].to_numpy(float), pts["loss"].to_numpy(float),
-                                      int(held.sum()))
+                res = holdout_largest(
+                    law, pts[["N", "D"]].to_numpy(float), pts["loss"].to_numpy(float), int(held.sum())
+                )
         except FitError as err:
             raise Skip(f"the fit without the largest scale failed: {err}") from None
         return res, held
@@ -133,8 +138,13 @@ def _curves_by_n(ax: Axes, ctx: Context, law: ChinchillaLaw, *, extend: float = 
     # Limits from the data, the curves and the entropy rate, not from a band or a fitted E near 0.
     y = np.concatenate(ys)
     y = y[np.isfinite(y) & (y > 0)]
-    ax.set(xscale="log", yscale="log", xlabel="D (tokens)", ylabel="final val loss (nats)",
-           ylim=(y.min() / 1.08, y.max() * 1.08))
+    ax.set(
+        xscale="log",
+        yscale="log",
+        xlabel="D (tokens)",
+        ylabel="final val loss (nats)",
+        ylim=(y.min() / 1.08, y.max() * 1.08),
+    )
     _entropy_line(ax, ctx)
     e = law.params_["E"]
     below = " (below the axis)" if e < y.min() / 1.08 else ""
@@ -145,8 +155,9 @@ def _curves_by_n(ax: Axes, ctx: Context, law: ChinchillaLaw, *, extend: float = 
 
 def _entropy_line(ax: Axes, ctx: Context) -> None:
     if ctx.entropy_rate is not None:
-        ax.axhline(ctx.entropy_rate, color="crimson", ls="--", lw=1.2,
-                   label=f"entropy rate {ctx.entropy_rate:.3g} (floor)")
+        ax.axhline(
+            ctx.entropy_rate, color="crimson", ls="--", lw=1.2, label=f"entropy rate {ctx.entropy_rate:.3g} (floor)"
+        )
 
 
 # --- panels ---------------------------------------------------------------------------------------------
@@ -167,11 +178,15 @@ def overview(ctx: Context) -> str:
         "fitters' default of 1,000, to keep the report quick; `scalescope fit` gives the full count).",
     ]
     if er is not None:
-        conventions.append(f"The training language's exact entropy rate is {er:.4f} nats/token: no model can "
-                           "beat it, and a fitted E should land near it.")
+        conventions.append(
+            f"The training language's exact entropy rate is {er:.4f} nats/token: no model can "
+            "beat it, and a fitted E should land near it."
+        )
     items = "".join(f"<li>{html.escape(c)}</li>" for c in conventions)
-    return (f"<p>Store <code>{html.escape(str(ctx.store))}</code>: {len(ctx.runs)} runs, "
-            f"{len(ctx.metrics)} metric rows.</p>" + table(["status", "runs"], rows) + f"<ul>{items}</ul>")
+    return (
+        f"<p>Store <code>{html.escape(str(ctx.store))}</code>: {len(ctx.runs)} runs, "
+        f"{len(ctx.metrics)} metric rows.</p>" + table(["status", "runs"], rows) + f"<ul>{items}</ul>"
+    )
 
 
 @panel("loss_curves", title="Validation loss against tokens and FLOPs", order=10)
@@ -192,8 +207,15 @@ def loss_curves(ctx: Context) -> str:
             ax.scatter(g[col].iloc[-1:], g["value"].iloc[-1:], color=color, s=14, zorder=3)
     # The compute frontier: the lowest loss any run reached with at most C FLOPs (lower envelope).
     f = val.sort_values("flops")
-    axes[1].step(f["flops"], np.minimum.accumulate(f["value"].to_numpy()), where="post", color="black",
-                 ls="--", lw=1.4, label="compute frontier")
+    axes[1].step(
+        f["flops"],
+        np.minimum.accumulate(f["value"].to_numpy()),
+        where="post",
+        color="black",
+        ls="--",
+        lw=1.4,
+        label="compute frontier",
+    )
     for ax, xl in zip(axes, ("D (tokens)", "C (training FLOPs)")):
         _entropy_line(ax, ctx)
         ax.set(xscale="log", yscale="log", xlabel=xl)
@@ -203,9 +225,11 @@ def loss_curves(ctx: Context) -> str:
         _tidy_log(ax)
     axes[0].set_ylabel("val loss (nats)")
     _colorbar(fig, ctx, axes)
-    return (figure(fig, "validation loss curves against tokens and FLOPs, coloured by N")
-            + f'<p class="note">{val["id"].nunique()} runs; a dot marks each run\'s last evaluation. The dashed '
-            "black line is the compute frontier: the lowest val loss reached by any run within C FLOPs.</p>")
+    return (
+        figure(fig, "validation loss curves against tokens and FLOPs, coloured by N")
+        + f'<p class="note">{val["id"].nunique()} runs; a dot marks each run\'s last evaluation. The dashed '
+        "black line is the compute frontier: the lowest val loss reached by any run within C FLOPs.</p>"
+    )
 
 
 @panel("chinchilla_fit", title="L(N, D) fit on final losses", order=20)
@@ -229,10 +253,12 @@ def chinchilla_fit(ctx: Context) -> str:
     a2.title.set_fontsize(10)
     a3.title.set_fontsize(10)
     _colorbar(fig, ctx, [a1, a2, a3])
-    return (figure(fig, "Chinchilla-form fit: data, predicted vs observed, residuals")
-            + f'<p class="note">Fitted on {law.n_points_} finished runs: R² (log) = {law.r2_:.4f}, '
-            f"RMSLE = {law.rmsle_:.4g}. Dotted: the fitted irreducible loss E; dashed red: the language's "
-            "entropy rate, when known.</p>")
+    return (
+        figure(fig, "Chinchilla-form fit: data, predicted vs observed, residuals")
+        + f'<p class="note">Fitted on {law.n_points_} finished runs: R² (log) = {law.r2_:.4f}, '
+        f"RMSLE = {law.rmsle_:.4g}. Dotted: the fitted irreducible loss E; dashed red: the language's "
+        "entropy rate, when known.</p>"
+    )
 
 
 @panel("extrapolation", title="Checked extrapolation: fit without the largest scale", order=30)
@@ -242,22 +268,41 @@ def extrapolation(ctx: Context) -> str:
     fig = Figure(figsize=(8.5, 4.4), layout="constrained")
     ax = fig.subplots()
     _curves_by_n(ax, ctx, res.law, extend=2.0, band=True)
-    ax.scatter(pts["D"][held], pts["loss"][held], marker="*", s=220, facecolor="none", edgecolor="crimson",
-               linewidth=1.4, zorder=4, label="held out (not fitted)")
+    ax.scatter(
+        pts["D"][held],
+        pts["loss"][held],
+        marker="*",
+        s=220,
+        facecolor="none",
+        edgecolor="crimson",
+        linewidth=1.4,
+        zorder=4,
+        label="held out (not fitted)",
+    )
     ax.legend(fontsize=8, loc="upper right")
     _colorbar(fig, ctx, ax)
     rows = []
     lo, hi = res.interval if res.interval is not None else (np.full(len(held), np.nan),) * 2
     cov = res.covered if res.covered is not None else [None] * int(held.sum())
-    for (n, d), o, p, lo_i, hi_i, e, c in zip(res.X_heldout, res.y_heldout, res.predicted, lo, hi,
-                                             res.rel_error, cov):
-        rows.append([f"{n:,.0f}", f"{d:,.0f}", _g(o), _g(p), _ci((lo_i, hi_i)), f"{e:+.2%}",
-                     "-" if c is None else ("yes" if c else "no")])
-    return (figure(fig, "extrapolation to the held-out largest scale with 95% prediction bands")
-            + f'<p class="note">The law is refitted on the {len(pts) - int(held.sum())} runs below the largest '
-            "scale (largest N·D); shaded: 95% prediction bands (bootstrap of the law plus residual scatter), "
-            "extended to twice the largest D. Stars: the held-out runs, which the fit never saw.</p>"
-            + table(["N", "D", "observed", "predicted", "95% interval", "rel. error", "covered"], rows))
+    for (n, d), o, p, lo_i, hi_i, e, c in zip(res.X_heldout, res.y_heldout, res.predicted, lo, hi, res.rel_error, cov):
+        rows.append(
+            [
+                f"{n:,.0f}",
+                f"{d:,.0f}",
+                _g(o),
+                _g(p),
+                _ci((lo_i, hi_i)),
+                f"{e:+.2%}",
+                "-" if c is None else ("yes" if c else "no"),
+            ]
+        )
+    return (
+        figure(fig, "extrapolation to the held-out largest scale with 95% prediction bands")
+        + f'<p class="note">The law is refitted on the {len(pts) - int(held.sum())} runs below the largest '
+        "scale (largest N·D); shaded: 95% prediction bands (bootstrap of the law plus residual scatter), "
+        "extended to twice the largest D. Stars: the held-out runs, which the fit never saw.</p>"
+        + table(["N", "D", "observed", "predicted", "95% interval", "rel. error", "covered"], rows)
+    )
 
 
 @panel("parameters", title="Fitted parameters", order=40)
@@ -279,16 +324,21 @@ def parameters(ctx: Context) -> str:
     rows = [row(k, lambda f, k=k: (f.params_[k], f.ci_[k])) for k in law.param_names]
     rows.append(row("a (N_opt ∝ C^a)", lambda f: (f.compute_optimal_exponents_[0], f.derived_ci_["a"])))
     rows.append(row("b (D_opt ∝ C^b)", lambda f: (f.compute_optimal_exponents_[1], f.derived_ci_["b"])))
-    rows += [row("R² (log)", lambda f: (f.r2_, None)), row("RMSLE", lambda f: (f.rmsle_, None)),
-             row("runs fitted", lambda f: (f.n_points_, None)),
-             row("bootstrap draws (failed)", lambda f: (f"{len(f.bootstrap_params_)} ({f.n_bootstrap_failed_})", None))]
+    rows += [
+        row("R² (log)", lambda f: (f.r2_, None)),
+        row("RMSLE", lambda f: (f.rmsle_, None)),
+        row("runs fitted", lambda f: (f.n_points_, None)),
+        row("bootstrap draws (failed)", lambda f: (f"{len(f.bootstrap_params_)} ({f.n_bootstrap_failed_})", None)),
+    ]
     notes = []
     er = ctx.entropy_rate
     if er is not None:
         e, (lo, hi) = law.params_["E"], law.ci_["E"]
         inside = "inside" if lo <= er <= hi else "outside"
-        notes.append(f"Fitted E = {e:.4g} vs the exact entropy rate {er:.4g}: {(e - er) / er:+.1%}; "
-                     f"the entropy rate is {inside} E's 95% interval.")
+        notes.append(
+            f"Fitted E = {e:.4g} vs the exact entropy rate {er:.4g}: {(e - er) / er:+.1%}; "
+            f"the entropy rate is {inside} E's 95% interval."
+        )
     pts = points(ctx)
     check = compare_chinchilla(pts[["N", "D"]].to_numpy(float), pts["loss"].to_numpy(float), huber=law)
     notes.append(f"Cross-check by variable projection (NNLS for E, A, B; exponents searched): {check.message}.")
@@ -304,13 +354,37 @@ def forecasts(ctx: Context) -> str | None:
     rows = []
     for r in recs:
         s = score_record(r, pts[r.get("count", "nonembedding")])
-        rows.append([r["id"], (r.get("created_at") or "")[:16].replace("T", " "), r["law"], target_text(r["target"]),
-                     _g(r["predicted"]), _ci(r["interval"]), _g(s["observed"]) if s else "-",
-                     f"{s['rel_error']:+.2%}" if s else "-",
-                     ("yes" if s["covered"] else "no") if s else "pending",
-                     "yes" if r.get("target_existed") else ""])
-    return (table(["id", "recorded (UTC)", "law", "target", "predicted", "95% interval", "observed",
-                   "rel. error", "covered", "target existed"], rows)
-            + '<p class="note">Predictions recorded with <code>scalescope forecast</code> before their runs; scores '
-            "are computed now from the store's finished runs (mean over seeds). <code>scalescope forecast "
-            "--score</code> writes them into the ledger.</p>")
+        rows.append(
+            [
+                r["id"],
+                (r.get("created_at") or "")[:16].replace("T", " "),
+                r["law"],
+                target_text(r["target"]),
+                _g(r["predicted"]),
+                _ci(r["interval"]),
+                _g(s["observed"]) if s else "-",
+                f"{s['rel_error']:+.2%}" if s else "-",
+                ("yes" if s["covered"] else "no") if s else "pending",
+                "yes" if r.get("target_existed") else "",
+            ]
+        )
+    return (
+        table(
+            [
+                "id",
+                "recorded (UTC)",
+                "law",
+                "target",
+                "predicted",
+                "95% interval",
+                "observed",
+                "rel. error",
+                "covered",
+                "target existed",
+            ],
+            rows,
+        )
+        + '<p class="note">Predictions recorded with <code>scalescope forecast</code> before their runs; scores '
+        "are computed now from the store's finished runs (mean over seeds). <code>scalescope forecast "
+        "--score</code> writes them into the ledger.</p>"
+    )
