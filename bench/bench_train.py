@@ -15,7 +15,7 @@ import platform
 
 import torch
 
-from scalescope.bench import bench_train
+from scalescope.throughput import bench_train
 
 SHAPES = [  # (n_layer, d_model, n_head, seq_len, batch): all >= 0.5M parameters
     (4, 128, 4, 128, 32),

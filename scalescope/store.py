@@ -235,7 +235,7 @@ def runs_json(tables: Tables) -> list[dict[str, Any]]:
 def export(store: str | Path, fmt: str, out_dir: str | Path | None = None) -> list[Path]:
     """Write ``runs`` and ``metrics`` tables as CSV or Parquet; return the paths."""
     if fmt not in ("csv", "parquet"):
-        raise StoreError(f"--format: expected csv or parquet, got {fmt!r}")
+        raise StoreError(f"export format: expected csv or parquet, got {fmt!r}")
     t = load(store)
     out = Path(out_dir) if out_dir else Path(store) / "export"
     out.mkdir(parents=True, exist_ok=True)
