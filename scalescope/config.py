@@ -1,7 +1,10 @@
-"""Experiment and run configuration: typed dataclasses, TOML loading and one-line validation errors.
+"""Run configuration: typed dataclasses, parsing with one-line errors, TOML loading and run ids.
 
 A *run config* (:class:`RunConfig`) is everything a run depends on; its hash is the run id. An
-*experiment file* is a run config in TOML plus an optional ``[sweep]`` table that expands it into many.
+*experiment file* is a run config in TOML plus an optional ``[sweep]`` table that expands it into many
+(:mod:`scalescope.sweep`). The ``[data]`` table belongs to its source: each source's config class lives
+beside the source in :mod:`scalescope.data` and registers here (:func:`register_source`), so this module
+imports no data module.
 """
 
 from __future__ import annotations
@@ -9,15 +12,17 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import hashlib
-import importlib
 import json
 import math
 import sys
 import types
 import typing
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal, TypeVar
+
+from .errors import ConfigError
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -25,121 +30,65 @@ else:  # pragma: no cover
     import tomli as tomllib
 
 
-class ConfigError(ValueError):
-    """A bad experiment file or config value. ``str(err)`` is one line naming the file and field."""
+@dataclass(kw_only=True)
+class SourceConfig:
+    """The ``[data]`` table: which source (``kind``) and that source's own fields.
 
-    def __init__(self, message: str, *, file: str | Path | None = None, field: str | None = None):
-        self.file = None if file is None else str(file)
-        self.field = field
-        self.message = message
-        parts = [p for p in (self.file, field) if p]
-        super().__init__(": ".join([*parts, message]))
+    Each data source in :mod:`scalescope.data` defines its own keyword-only dataclass subclass, registered
+    under its kind with :func:`register_source`; the subclass owns its fields, their checks and defaults
+    (:meth:`resolve`) and builds its source (:meth:`build`). This module only knows the shape.
+    """
 
-
-@dataclass
-class DataConfig:
-    """Where tokens come from. ``kind`` picks the source; the other fields apply to some kinds."""
-
-    kind: Literal[
-        "markov",
-        "hmm",
-        "text",
-        "repeated_spans",
-        "markov_triggers",
-        "linear_regression",
-        "discrete_tasks",
-        "bursty_classification",
-    ] = "markov"
-    # The language itself (which random chain/HMM) is a function of this seed, not of the run seed.
+    kind: ClassVar[str] = ""
+    # Tokens are vectors read in through model.input_dim (the model's float-input mode), not token ids.
+    vector_tokens: ClassVar[bool] = False
+    # Every source picks its language (which chain, which tasks) with this seed, not with the run seed.
     seed: int = 0
-    # markov / hmm: number of token types.
-    vocab_size: int = 64
-    # markov: how many previous tokens the next one depends on.
-    order: int = 1
-    # markov: allowed next tokens per state (None: all vocab_size); hmm: allowed emissions per hidden state.
-    support: int | None = 8
-    # Dirichlet concentration of each next-token (markov) or emission (hmm) distribution.
-    concentration: float = 0.5
-    # hmm: number of hidden states and the Dirichlet concentration of their transition rows.
-    n_hidden: int = 16
-    transition_concentration: float = 0.3
-    # text: a file or a directory of text files.
-    path: str | None = None
-    # text: byte-level tokens (vocab 256) or a byte-level BPE trained locally with `tokenizers`.
-    tokenizer: Literal["bytes", "bpe"] = "bytes"
-    bpe_vocab_size: int = 1024
-    # text: fraction of tokens (taken from the end of the corpus) held out for validation.
-    val_fraction: float = 0.1
-    # repeated_spans (induction, Olsson et al. 2022): uniform random tokens whose last n tokens repeat an
-    # earlier span, n uniform in [span_min, span_max] (defaults: max(2, (seq_len + 1) // 4) and
-    # (seq_len + 1) // 2), at a random offset; see data/repeat.py.
-    span_min: int | None = None
-    span_max: int | None = None
-    # markov_triggers (induction, Bietti et al. 2023): a first-order markov chain (vocab_size, support,
-    # concentration) in which each of n_triggers trigger tokens is followed by a per-sequence target token;
-    # see data/triggers.py. Resolved to 1 when omitted.
-    n_triggers: int | None = None
-    # repeated_spans / markov_triggers / linear_regression: the sequence length the task is laid out for;
-    # resolved to model.seq_len.
-    seq_len: int | None = None
-    # linear_regression (in-context regression, Garg et al. 2022): x, w ~ N(0, I_dim), y = w·x + noise_std·ε,
-    # ceil(seq_len / 2) (x, y) pairs per sequence; w fresh per sequence, or uniform over a fixed pool of
-    # task_pool tasks (Raventós et al. 2023). dim resolves to 5 when omitted; see data/regression.py.
-    dim: int | None = None
-    noise_std: float = 0.0
-    task_pool: int | None = None
-    # linear_regression: train steps of a curriculum over the dimension and the number of points counted
-    # (Garg et al. 2022); None: none. See data/regression.py.
-    curriculum_steps: int | None = None
-    # discrete_tasks (task identification, issue 5): a pool of n_tasks random maps {0..n_inputs-1} ->
-    # {0..n_outputs-1} shown as few-shot demonstrations; resolved to 16 tasks, 4 outputs and
-    # vocab_size - n_outputs inputs when omitted. See data/discrete_tasks.py.
-    n_tasks: int | None = None
-    n_inputs: int | None = None
-    n_outputs: int | None = None
-    # bursty_classification (few-shot classification, Chan et al. 2022; Reddy 2023): n_classes Gaussian
-    # centres in item_dim dimensions, items (mu + within_class_noise·eta) / sqrt(1 + noise²), class k labelled
-    # k mod n_labels, class frequencies ∝ rank^-zipf_exponent; context_pairs item-label pairs and a query, a
-    # sequence bursty (context_pairs / burstiness classes, burstiness copies each, the query's among them) with
-    # probability p_bursty. Resolved to 128 classes, 32 labels, D = 63, noise 0.1, exponent 0, p_bursty 1,
-    # (seq_len - 1) // 2 pairs and the largest burstiness <= 4 dividing them. See data/bursty.py.
-    n_classes: int | None = None
-    n_labels: int | None = None
-    item_dim: int | None = None
-    context_pairs: int | None = None
-    within_class_noise: float | None = None
-    zipf_exponent: float | None = None
-    burstiness: int | None = None
-    p_bursty: float | None = None
+
+    def resolve(self, model: ModelConfig, file: str | None) -> None:
+        """Check this source's fields against each other and the model; fill in resolved defaults (in place)."""
+
+    def build(self, stream_seed: int) -> Any:
+        """The :class:`~scalescope.data.base.Source` this config describes, sampling with ``stream_seed``."""
+        raise NotImplementedError
+
+    def to_dict(self) -> dict[str, Any]:
+        """The serialized table: v0.1's flat layout (see LEGACY_DATA_DEFAULTS) overlaid with this source's fields."""
+        return {**LEGACY_DATA_DEFAULTS, "kind": self.kind, **dataclasses.asdict(self)}  # type: ignore[call-overload]
 
 
-# Fields added after run ids were first published: left out of the hash while they hold their default, so
-# every run id computed before they existed stays the same (tests/test_tasks_repeat.py checks old ids).
-HASH_OMIT_IF_DEFAULT: dict[str, dict[str, Any]] = {
-    "data": {
-        "span_min": None,
-        "span_max": None,
-        "n_triggers": None,
-        "seq_len": None,
-        "dim": None,
-        "noise_std": 0.0,
-        "task_pool": None,
-        "curriculum_steps": None,
-        "n_tasks": None,
-        "n_inputs": None,
-        "n_outputs": None,
-        "n_classes": None,
-        "n_labels": None,
-        "item_dim": None,
-        "context_pairs": None,
-        "within_class_noise": None,
-        "zipf_exponent": None,
-        "burstiness": None,
-        "p_bursty": None,
-    },
-    "model": {"positions": "learned", "input_dim": None},
-}
+SOURCE_CONFIGS: dict[str, type[SourceConfig]] = {}
+DEFAULT_KIND = "markov"
+_S = TypeVar("_S", bound=type[SourceConfig])
 
+
+def register_source(kind: str) -> Callable[[_S], _S]:
+    """Class decorator: ``@register_source("markov")`` on a source's config dataclass. The built-in sources
+    register when :mod:`scalescope.data` is imported, which ``import scalescope`` does first."""
+
+    def deco(cls: _S) -> _S:
+        if kind in SOURCE_CONFIGS:
+            raise ValueError(f"data kind {kind!r} is registered twice")
+        cls.kind = kind
+        SOURCE_CONFIGS[kind] = cls
+        return cls
+
+    return deco
+
+
+# The [data] table of v0.1, where one flat dataclass held every source's fields. A config serializes (and
+# so hashes: its run id) as this layout overlaid with its source's own fields, so every run id computed
+# before sources owned their configs stays the same; a stored v0.1 config.json lists every field, and
+# parsing ignores the ones that belong to another source while they hold these defaults. A new source
+# adds nothing here: its own fields are simply serialized after these.
+LEGACY_DATA_DEFAULTS: dict[str, Any] = {
+    "kind": "markov", "seed": 0, "vocab_size": 64, "order": 1, "support": 8, "concentration": 0.5,
+    "n_hidden": 16, "transition_concentration": 0.3, "path": None, "tokenizer": "bytes", "bpe_vocab_size": 1024,
+    "val_fraction": 0.1, "span_min": None, "span_max": None, "n_triggers": None, "seq_len": None, "dim": None,
+    "noise_std": 0.0, "task_pool": None, "curriculum_steps": None, "n_tasks": None, "n_inputs": None,
+    "n_outputs": None, "n_classes": None, "n_labels": None, "item_dim": None, "context_pairs": None,
+    "within_class_noise": None, "zipf_exponent": None, "burstiness": None, "p_bursty": None,
+}  # fmt: skip
 
 @dataclass
 class ModelConfig:
@@ -214,7 +163,7 @@ class TrainConfig:
 class RunConfig:
     """Everything one run depends on. Its hash (:func:`run_id`) names the run."""
 
-    data: DataConfig = field(default_factory=DataConfig)
+    data: SourceConfig = field(default_factory=lambda: SOURCE_CONFIGS[DEFAULT_KIND]())
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     # Instrument name -> options, e.g. {"param_norm": {}, "attention": {"every": 2}}; see instruments/.
@@ -279,13 +228,14 @@ def _coerce(value: Any, tp: Any, path: str, file: str | None) -> Any:
     raise ConfigError(f"expected {_type_name(tp)}, got {value!r}", file=file, field=path)
 
 
-def _unknown(key: str, valid: list[str], path: str, file: str | None) -> ConfigError:
+def unknown_key(key: str, valid: list[str], path: str, file: str | None) -> ConfigError:
+    """The error for a key that is not a field, with the nearest valid one as a hint."""
     near = difflib.get_close_matches(key, valid, n=1, cutoff=0.5)
     hint = f"; did you mean '{near[0]}'?" if near else f"; valid keys: {', '.join(valid)}"
     return ConfigError(f"unknown key{hint}", file=file, field=path)
 
 
-def _build(cls: type, raw: Any, prefix: str, file: str | None) -> Any:
+def _build(cls: type, raw: Any, prefix: str, file: str | None, *, skip: Callable[[str, Any], bool] | None = None) -> Any:
     if not isinstance(raw, dict):
         raise ConfigError(f"expected a table, got {raw!r}", file=file, field=prefix)
     hints = typing.get_type_hints(cls)
@@ -294,49 +244,69 @@ def _build(cls: type, raw: Any, prefix: str, file: str | None) -> Any:
     for key, value in raw.items():
         path = f"{prefix}.{key}" if prefix else key
         if key not in names:
-            raise _unknown(key, names, path, file)
+            if skip is not None and skip(key, value):
+                continue
+            raise unknown_key(key, names, path, file)
         tp = hints[key]
-        if dataclasses.is_dataclass(tp):
+        if key == "data" and cls is RunConfig:
+            kwargs[key] = _build_data(value, file)
+        elif dataclasses.is_dataclass(tp):
             kwargs[key] = _build(tp, value, path, file)
         else:
             kwargs[key] = _coerce(value, tp, path, file)
     return cls(**kwargs)
 
 
-def _positive(cfg: RunConfig, path: str, file: str | None, *, allow_none: bool = False) -> None:
-    section, name = path.split(".")
-    v = getattr(getattr(cfg, section), name)
-    if v is None and allow_none:
+def _kinds_with(name: str) -> list[str]:
+    return [k for k, c in SOURCE_CONFIGS.items() if name in {f.name for f in dataclasses.fields(c)}]
+
+
+def _build_data(raw: Any, file: str | None) -> SourceConfig:
+    """The ``[data]`` table as its source's config class, chosen by ``kind``."""
+    if not isinstance(raw, dict):
+        raise ConfigError(f"expected a table, got {raw!r}", file=file, field="data")
+    kind = raw.get("kind", DEFAULT_KIND)
+    if kind not in SOURCE_CONFIGS:
+        raise ConfigError(
+            f"expected one of {', '.join(map(repr, SOURCE_CONFIGS))}, got {kind!r}", file=file, field="data.kind"
+        )
+    cls = SOURCE_CONFIGS[kind]
+
+    def other_source(key: str, value: Any) -> bool:
+        """True for a field of another source at its v0.1 default (a stored config.json lists them all);
+        a field of another source set to anything else is a mistake."""
+        if key == "kind" or (key in LEGACY_DATA_DEFAULTS and value == LEGACY_DATA_DEFAULTS[key]):
+            return True
+        owners = _kinds_with(key)
+        if len(owners) == 1:
+            raise ConfigError(f"only applies to kind = {owners[0]!r}, not {kind!r}", file=file, field=f"data.{key}")
+        if owners:
+            raise ConfigError(
+                f"only applies to kinds {', '.join(map(repr, owners))}, not {kind!r}", file=file, field=f"data.{key}"
+            )
+        return False
+
+    return typing.cast(SourceConfig, _build(cls, raw, "data", file, skip=other_source))
+
+
+def positive(value: Any, path: str, file: str | None, *, allow_none: bool = False) -> None:
+    """Raise a one-line :class:`ConfigError` naming ``path`` unless ``value`` is a positive number."""
+    if value is None and allow_none:
         return
-    if v is None or v <= 0:
-        raise ConfigError(f"expected a positive number, got {v!r}", file=file, field=path)
+    if value is None or value <= 0:
+        raise ConfigError(f"expected a positive number, got {value!r}", file=file, field=path)
 
 
 def validate(cfg: RunConfig, file: str | None = None) -> RunConfig:
     """Check the relations between fields that types alone cannot; raise :class:`ConfigError`."""
-    for p in (
-        "model.n_layer",
-        "model.d_model",
-        "model.n_head",
-        "model.seq_len",
-        "model.init_std",
-        "train.lr",
-        "train.batch_size",
-        "train.eval_every",
-        "train.eval_batches",
-        "train.checkpoint_every",
-        "train.diverge_factor",
-        "data.concentration",
-        "data.transition_concentration",
-        "data.n_hidden",
-        "data.vocab_size",
-        "data.order",
-        "data.bpe_vocab_size",
-    ):
-        _positive(cfg, p, file)
-    for p in ("model.d_mlp", "data.support", "train.micro_batch_size", "train.tokens", "train.flops"):
-        _positive(cfg, p, file, allow_none=True)
     m, t, d = cfg.model, cfg.train, cfg.data
+    for name in ("n_layer", "d_model", "n_head", "seq_len", "init_std"):
+        positive(getattr(m, name), f"model.{name}", file)
+    for name in ("lr", "batch_size", "eval_every", "eval_batches", "checkpoint_every", "diverge_factor"):
+        positive(getattr(t, name), f"train.{name}", file)
+    positive(m.d_mlp, "model.d_mlp", file, allow_none=True)
+    for name in ("micro_batch_size", "tokens", "flops"):
+        positive(getattr(t, name), f"train.{name}", file, allow_none=True)
     if m.d_model % m.n_head:
         raise ConfigError(
             f"d_model ({m.d_model}) must be divisible by n_head ({m.n_head})", file=file, field="model.d_model"
@@ -361,124 +331,18 @@ def validate(cfg: RunConfig, file: str | None = None) -> RunConfig:
     if t.weight_decay < 0 or t.grad_clip < 0:
         field_ = "train.weight_decay" if t.weight_decay < 0 else "train.grad_clip"
         raise ConfigError("expected a number >= 0", file=file, field=field_)
-    if not 0 < d.val_fraction < 1:
-        raise ConfigError(f"expected a number in (0, 1), got {d.val_fraction}", file=file, field="data.val_fraction")
-    if d.kind == "text" and not d.path:
-        raise ConfigError("a text source needs a path to a file or directory", file=file, field="data.path")
-    if d.kind in ("markov", "hmm", "markov_triggers") and d.support is not None and d.support > d.vocab_size:
+    d.resolve(m, file)
+    if m.input_dim is not None and not d.vector_tokens:
+        vector = [k for k, c in SOURCE_CONFIGS.items() if c.vector_tokens]
         raise ConfigError(
-            f"support ({d.support}) cannot exceed vocab_size ({d.vocab_size})", file=file, field="data.support"
-        )
-    if d.kind == "markov" and d.vocab_size**d.order > 4_000_000:
-        raise ConfigError(
-            f"vocab_size**order = {d.vocab_size**d.order} states is too many (at most 4,000,000)",
+            f"float inputs need a vector-token source ({', '.join(vector)}), not {d.kind!r}",
             file=file,
-            field="data.order",
+            field="model.input_dim",
         )
-    # Task sources (induction): their layout depends on the context length, which they take from the model.
-    own_fields = {
-        "repeated_spans": ("span_min", "span_max"),
-        "markov_triggers": ("n_triggers",),
-        "linear_regression": ("dim", "task_pool", "curriculum_steps"),
-        "discrete_tasks": ("n_tasks", "n_inputs", "n_outputs"),
-        "bursty_classification": (
-            "n_classes",
-            "n_labels",
-            "item_dim",
-            "context_pairs",
-            "within_class_noise",
-            "zipf_exponent",
-            "burstiness",
-            "p_bursty",
-        ),
-    }
-    for kind, names in [*own_fields.items(), (d.kind, ())]:
-        for p in names if kind != d.kind else ():
-            if getattr(d, p) is not None:
-                raise ConfigError(f"only applies to kind = {kind!r}, not {d.kind!r}", file=file, field=f"data.{p}")
-    if d.kind in own_fields:
-        if d.seq_len is not None and d.seq_len != m.seq_len:
-            raise ConfigError(
-                f"must equal model.seq_len ({m.seq_len}) or be omitted, got {d.seq_len}",
-                file=file,
-                field="data.seq_len",
-            )
-        d.seq_len = m.seq_len
-        if d.vocab_size < 2:
-            raise ConfigError(f"expected an integer >= 2, got {d.vocab_size}", file=file, field="data.vocab_size")
-    elif d.seq_len is not None:
-        raise ConfigError(
-            f"only applies to kinds {', '.join(map(repr, own_fields))}, not {d.kind!r}",
-            file=file,
-            field="data.seq_len",
-        )
-    if d.kind == "repeated_spans":
-        from .data.repeat import span_range
-
-        span_range(m.seq_len, d.span_min, d.span_max, file=file)
-    if d.kind == "markov_triggers":
-        if d.order != 1:
-            raise ConfigError(
-                f"markov_triggers uses a first-order chain, got order {d.order}", file=file, field="data.order"
-            )
-        if d.n_triggers is None:
-            d.n_triggers = 1
-        if not 1 <= d.n_triggers < d.vocab_size:
-            raise ConfigError(
-                f"expected an integer in [1, vocab_size - 1 = {d.vocab_size - 1}], got {d.n_triggers}",
-                file=file,
-                field="data.n_triggers",
-            )
-    _validate_regression(cfg, file)
-    if d.kind in SOURCE_RESOLVERS:
-        importlib.import_module(f"scalescope.data.{SOURCE_RESOLVERS[d.kind]}").resolve_config(cfg, file)
     for name, opts in cfg.instruments.items():
         if not isinstance(opts, dict):
             raise ConfigError(f"expected a table of options, got {opts!r}", file=file, field=f"instruments.{name}")
     return cfg
-
-
-# Task sources that fill in and check their own fields with ``resolve_config(cfg, file)`` in their module under
-# scalescope/data (imported only when a config uses them); a vector-token one also sets model.input_dim.
-SOURCE_RESOLVERS = {"discrete_tasks": "discrete_tasks", "bursty_classification": "bursty"}
-# Sources whose tokens are vectors read in through model.input_dim (the model's float-input mode).
-VECTOR_KINDS = ("linear_regression", "bursty_classification")
-
-
-def _validate_regression(cfg: RunConfig, file: str | None) -> None:
-    """linear_regression's own fields, and the model's float-input width that follows from them."""
-    m, d = cfg.model, cfg.data
-    if d.kind != "linear_regression":
-        if d.noise_std != 0.0:
-            raise ConfigError(
-                f"only applies to kind = 'linear_regression', not {d.kind!r}", file=file, field="data.noise_std"
-            )
-        if m.input_dim is not None and d.kind not in VECTOR_KINDS:
-            raise ConfigError(
-                f"float inputs need a vector-token source ({', '.join(VECTOR_KINDS)}), not {d.kind!r}",
-                file=file,
-                field="model.input_dim",
-            )
-        return
-    if d.dim is None:
-        d.dim = 5
-    if d.dim < 1:
-        raise ConfigError(f"expected a positive integer, got {d.dim}", file=file, field="data.dim")
-    if d.task_pool is not None and d.task_pool < 1:
-        raise ConfigError(f"expected a positive integer, got {d.task_pool}", file=file, field="data.task_pool")
-    if d.curriculum_steps is not None and d.curriculum_steps < 1:
-        raise ConfigError(
-            f"expected a positive integer, got {d.curriculum_steps}", file=file, field="data.curriculum_steps"
-        )
-    if d.noise_std < 0:
-        raise ConfigError(f"expected a number >= 0, got {d.noise_std}", file=file, field="data.noise_std")
-    if m.input_dim is not None and m.input_dim != d.dim + 1:
-        raise ConfigError(
-            f"must equal data.dim + 1 ({d.dim + 1}) or be omitted, got {m.input_dim}",
-            file=file,
-            field="model.input_dim",
-        )
-    m.input_dim = d.dim + 1
 
 
 def from_dict(raw: dict[str, Any], file: str | None = None) -> RunConfig:
@@ -488,7 +352,26 @@ def from_dict(raw: dict[str, Any], file: str | None = None) -> RunConfig:
 
 
 def to_dict(cfg: RunConfig) -> dict[str, Any]:
-    return dataclasses.asdict(cfg)
+    """The serialized config (what ``config.json`` holds); :func:`from_dict` reads it back."""
+    out = {f.name: getattr(cfg, f.name) for f in dataclasses.fields(cfg)}
+    out["data"] = cfg.data.to_dict()
+    out["model"] = dataclasses.asdict(cfg.model)
+    out["train"] = dataclasses.asdict(cfg.train)
+    out["instruments"] = {k: dict(v) for k, v in cfg.instruments.items()}
+    return out
+
+
+# Fields added after run ids were first published: left out of the hash while they hold their default, so
+# every run id computed before they existed stays the same (tests/test_architecture.py pins the ids).
+HASH_OMIT_IF_DEFAULT: dict[str, dict[str, Any]] = {
+    "data": {
+        k: LEGACY_DATA_DEFAULTS[k]
+        for k in ("span_min", "span_max", "n_triggers", "seq_len", "dim", "noise_std", "task_pool",
+                  "curriculum_steps", "n_tasks", "n_inputs", "n_outputs", "n_classes", "n_labels", "item_dim",
+                  "context_pairs", "within_class_noise", "zipf_exponent", "burstiness", "p_bursty")
+    },  # fmt: skip
+    "model": {"positions": "learned", "input_dim": None},
+}
 
 
 def run_id(cfg: RunConfig) -> str:
@@ -517,5 +400,5 @@ def load_toml(path: str | Path) -> dict[str, Any]:
         raise ConfigError("not a UTF-8 text file", file=p) from None
     for key in raw:
         if key not in SECTIONS:
-            raise _unknown(key, list(SECTIONS), key, str(p))
+            raise unknown_key(key, list(SECTIONS), key, str(p))
     return raw

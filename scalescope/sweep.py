@@ -52,7 +52,7 @@ def _set_path(raw: dict, path: str, value: Any, file: str | None) -> None:
     parts = path.split(".")
     valid_top = ("data", "model", "train", "instruments", "seed")
     if parts[0] not in valid_top:
-        raise C._unknown(parts[0], list(valid_top), f"sweep.{path}", file)
+        raise C.unknown_key(parts[0], list(valid_top), f"sweep.{path}", file)
     node = raw
     for p in parts[:-1]:
         node = node.setdefault(p, {})

@@ -8,8 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from scalescope.config import DataConfig
-from scalescope.data import HMMSource, Source, build_source
+from scalescope.data import HMMConfig, HMMSource, Source, build_source
 from scalescope.data.markov import row_entropy
 
 
@@ -91,7 +90,7 @@ def test_determinism_and_independent_streams(hmm):
 
 
 def test_build_source():
-    cfg = DataConfig(kind="hmm", vocab_size=16, n_hidden=4, support=4, seed=0)
+    cfg = HMMConfig(vocab_size=16, n_hidden=4, support=4, seed=0)
     s1, s2 = build_source(cfg, 0), build_source(cfg, 1)
     assert isinstance(s1, Source) and isinstance(s1, HMMSource)
     assert s1.transition is s2.transition  # built once per process

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from scalescope.config import ConfigError, DataConfig
-from scalescope.data import MarkovSource, Source, build_source
+from scalescope.data import MarkovConfig, MarkovSource, Source, build_source
+from scalescope.errors import ConfigError
 
 
 def tokens_of(batch) -> np.ndarray:
@@ -119,7 +119,7 @@ def test_short_sequences_and_describe():
 
 
 def test_build_source_caches_the_language():
-    cfg = DataConfig(kind="markov", vocab_size=32, order=2, support=4, seed=11)
+    cfg = MarkovConfig(vocab_size=32, order=2, support=4, seed=11)
     s1, s2 = build_source(cfg, seed=0), build_source(cfg, seed=1)
     assert isinstance(s1, Source) and isinstance(s1, MarkovSource)
     assert s1.probs is s2.probs  # built once

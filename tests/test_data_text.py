@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 import torch
 
-from scalescope.config import ConfigError, DataConfig
-from scalescope.data import Source, TextSource, build_source
+from scalescope.data import Source, TextConfig, TextSource, build_source
+from scalescope.errors import ConfigError
 
 TEXT = "".join(f"Line {i}: the quick brown fox jumps over the lazy dog {i * i}.\n" for i in range(400))
 
@@ -147,9 +147,9 @@ def test_crash_leftovers_do_not_count_as_cache(corpus, tmp_path):
 
 
 def test_build_source_text(corpus, tmp_path):
-    src = build_source(DataConfig(kind="text", path=str(corpus), tokenizer="bytes"), seed=2)
+    src = build_source(TextConfig(path=str(corpus), tokenizer="bytes"), seed=2)
     assert isinstance(src, TextSource) and src.stream_seed == 2
     src.prepare(tmp_path / "cache")
     assert src.batch("train", 0, 2, 8).inputs.shape == (2, 8)
     with pytest.raises(ConfigError, match="data.path"):
-        build_source(DataConfig(kind="text", path=None), seed=0)
+        build_source(TextConfig(path=None), seed=0)

@@ -264,7 +264,7 @@ def test_probe_rejects_another_source_and_bad_options():
     from scalescope.instruments import build
 
     with pytest.raises(C.ConfigError, match="bursty_classification") as e:
-        fewshot_metrics(None, build_source(C.DataConfig(), 0), seq_len=16, n_batches=1, batch_size=2)
+        fewshot_metrics(None, build_source(C.RunConfig().data, 0), seq_len=16, n_batches=1, batch_size=2)
     assert "instruments.fewshot" in str(e.value)
     with pytest.raises(C.ConfigError, match="n_batches"):
         build({"fewshot": {"n_batches": 0}})

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from scalescope import baselines as BL
+from scalescope.data import regression as BL
 from scalescope import config as C
 from scalescope.data import build_source
 from scalescope.data.regression import LinearRegressionSource, n_points

@@ -14,6 +14,8 @@ from typing import Literal, Protocol, runtime_checkable
 import numpy as np
 import torch
 
+from ..errors import ConfigError
+
 Split = Literal["train", "val", "probe"]
 
 # Seed offsets so the train, validation and probe streams of one source never share random numbers.
@@ -63,6 +65,30 @@ class Source(Protocol):
     def describe(self) -> dict:
         """JSON-able facts for the run's meta (entropy rate and its error, sizes, cache paths)."""
         ...
+
+
+def check_support(vocab_size: int, support: int | None, file: str | None) -> None:
+    """A chain or emission table allows ``support`` of ``vocab_size`` tokens per row (None: all of them)."""
+    if support is not None and support > vocab_size:
+        raise ConfigError(f"support ({support}) cannot exceed vocab_size ({vocab_size})", file=file, field="data.support")
+
+
+def task_seq_len(seq_len: int | None, model_seq_len: int, file: str | None) -> int:
+    """A task source lays its sequences out for the model's context: ``data.seq_len`` resolves to
+    ``model.seq_len`` and may only repeat it."""
+    if seq_len is not None and seq_len != model_seq_len:
+        raise ConfigError(
+            f"must equal model.seq_len ({model_seq_len}) or be omitted, got {seq_len}", file=file, field="data.seq_len"
+        )
+    return model_seq_len
+
+
+def check_vocab(vocab_size: int, file: str | None, *, at_least: int = 1) -> None:
+    positive_int = vocab_size >= 1
+    if not positive_int:
+        raise ConfigError(f"expected a positive number, got {vocab_size!r}", file=file, field="data.vocab_size")
+    if vocab_size < at_least:
+        raise ConfigError(f"expected an integer >= {at_least}, got {vocab_size}", file=file, field="data.vocab_size")
 
 
 def stream_rng(seed: int, split: Split, index: int) -> np.random.Generator:

@@ -39,16 +39,19 @@ from __future__ import annotations
 
 import copy
 import math
+from dataclasses import dataclass
+from functools import lru_cache
 from pathlib import Path
-from typing import Any, Literal
+from typing import Literal
 
 import numpy as np
 import torch
 
-from scalescope.config import ConfigError
-from scalescope.data.base import Batch, Split, stream_rng
+from ..config import ModelConfig, SourceConfig, register_source
+from ..errors import ConfigError
+from .base import Batch, Split, stream_rng, task_seq_len
 
-__all__ = ["BurstyClassificationSource", "Mode", "default_burstiness", "resolve_config", "zipf_probs"]
+__all__ = ["BurstyClassificationConfig", "BurstyClassificationSource", "Mode", "default_burstiness", "zipf_probs"]
 
 Mode = Literal["train", "icl", "iwl"]
 
@@ -73,10 +76,90 @@ def default_burstiness(n_pairs: int) -> int:
     return max(b for b in (1, 2, 3, 4) if n_pairs % b == 0)
 
 
-def resolve_config(cfg: Any, file: str | None = None) -> None:
-    """Fill in and check the bursty_classification fields of a RunConfig (in place), and resolve the model's
-    float-input width to item_dim + n_labels. One-line errors naming the field."""
-    d, m = cfg.data, cfg.model
+@register_source("bursty_classification")
+@dataclass(kw_only=True)
+class BurstyClassificationConfig(SourceConfig):
+    """``[data] kind = "bursty_classification"`` (few-shot classification, Chan et al. 2022; Reddy 2023):
+    n_classes Gaussian centres in item_dim dimensions, items (mu + within_class_noise·eta) / sqrt(1 + noise²),
+    class k labelled k mod n_labels, class frequencies ∝ rank^-zipf_exponent; context_pairs item-label pairs
+    and a query, a sequence bursty (context_pairs / burstiness classes, burstiness copies each, the query's
+    among them) with probability p_bursty. Resolved to 128 classes, 32 labels, D = 63, noise 0.1, exponent 0,
+    p_bursty 1, (seq_len - 1) // 2 pairs and the largest burstiness <= 4 dividing them."""
+
+    vector_tokens = True
+    n_classes: int | None = None
+    n_labels: int | None = None
+    item_dim: int | None = None
+    context_pairs: int | None = None
+    within_class_noise: float | None = None
+    zipf_exponent: float | None = None
+    burstiness: int | None = None
+    p_bursty: float | None = None
+    # The sequence length the task is laid out for: resolved to model.seq_len.
+    seq_len: int | None = None
+
+    def resolve(self, model: ModelConfig, file: str | None) -> None:
+        self.seq_len = task_seq_len(self.seq_len, model.seq_len, file)
+        _resolve(self, model, file)
+
+    def build(self, stream_seed: int) -> BurstyClassificationSource:
+        d = self
+        if (
+            d.seq_len is None
+            or d.n_classes is None
+            or d.n_labels is None
+            or d.item_dim is None
+            or d.within_class_noise is None
+            or d.zipf_exponent is None
+            or d.p_bursty is None
+        ):
+            raise ConfigError("needs its resolved fields (resolve the config first)", field="data.seq_len")
+        lang = _language(
+            d.n_classes,
+            d.n_labels,
+            d.item_dim,
+            d.seq_len,
+            d.context_pairs,
+            float(d.within_class_noise),
+            float(d.zipf_exponent),
+            d.burstiness,
+            float(d.p_bursty),
+            d.seed,
+        )
+        return lang.with_stream_seed(stream_seed)
+
+
+# The class centres do not depend on the run seed: cached per process.
+@lru_cache(maxsize=4)
+def _language(
+    n_classes: int,
+    n_labels: int,
+    item_dim: int,
+    seq_len: int,
+    context_pairs: int | None,
+    noise: float,
+    alpha: float,
+    burstiness: int | None,
+    p_bursty: float,
+    seed: int,
+) -> BurstyClassificationSource:
+    return BurstyClassificationSource(
+        n_classes,
+        n_labels,
+        item_dim,
+        seq_len,
+        context_pairs=context_pairs,
+        within_class_noise=noise,
+        zipf_exponent=alpha,
+        burstiness=burstiness,
+        p_bursty=p_bursty,
+        seed=seed,
+    )
+
+
+def _resolve(d: BurstyClassificationConfig, m: ModelConfig, file: str | None) -> None:
+    """Fill in and check the fields (in place), and resolve the model's float-input width to
+    item_dim + n_labels. One-line errors naming the field."""
     d.n_classes = DEFAULT_N_CLASSES if d.n_classes is None else d.n_classes
     d.n_labels = DEFAULT_N_LABELS if d.n_labels is None else d.n_labels
     d.item_dim = DEFAULT_ITEM_DIM if d.item_dim is None else d.item_dim

@@ -32,17 +32,26 @@ from __future__ import annotations
 
 import copy
 import math
+from dataclasses import dataclass
+from functools import lru_cache
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
 
-from scalescope.config import ConfigError
-from scalescope.data.base import SPLIT_STREAM, Batch, Split, stream_rng
-from scalescope.data.markov import combine_seeds
+from ..config import ModelConfig, SourceConfig, register_source
+from ..errors import ConfigError
+from .base import SPLIT_STREAM, Batch, Split, check_vocab, stream_rng, task_seq_len
+from .markov import combine_seeds
 
-__all__ = ["DiscreteTasksSource", "accuracy_logprob", "lookup_observer", "n_pairs", "pool_observer", "resolve_config"]
+__all__ = [
+    "DiscreteTasksConfig",
+    "DiscreteTasksSource",
+    "accuracy_logprob",
+    "lookup_observer",
+    "n_pairs",
+    "pool_observer",
+]
 
 DEFAULT_N_TASKS = 16
 DEFAULT_N_OUTPUTS = 4
@@ -57,13 +66,48 @@ def n_pairs(seq_len: int) -> int:
     return (int(seq_len) + 2) // 2
 
 
-def resolve_config(cfg: Any, file: str | None = None) -> None:
-    """Fill in and check the discrete_tasks fields of a :class:`~scalescope.config.RunConfig` (in place):
-    n_outputs defaults to 4, n_inputs to vocab_size - n_outputs, n_tasks to 16. One-line errors."""
-    d = cfg.data
-    if cfg.model.seq_len < 3:
+@register_source("discrete_tasks")
+@dataclass(kw_only=True)
+class DiscreteTasksConfig(SourceConfig):
+    """``[data] kind = "discrete_tasks"`` (task identification): a pool of n_tasks random maps
+    {0..n_inputs-1} -> {0..n_outputs-1} shown as few-shot demonstrations. Resolved to 16 tasks, 4 outputs
+    and vocab_size - n_outputs inputs when omitted."""
+
+    vocab_size: int = 64
+    n_tasks: int | None = None
+    n_inputs: int | None = None
+    n_outputs: int | None = None
+    # The sequence length the task is laid out for: resolved to model.seq_len.
+    seq_len: int | None = None
+
+    def resolve(self, model: ModelConfig, file: str | None) -> None:
+        check_vocab(self.vocab_size, file)
+        self.seq_len = task_seq_len(self.seq_len, model.seq_len, file)
+        check_vocab(self.vocab_size, file, at_least=2)
+        _resolve(self, model, file)
+
+    def build(self, stream_seed: int) -> DiscreteTasksSource:
+        if self.seq_len is None or self.n_tasks is None or self.n_inputs is None or self.n_outputs is None:
+            raise ConfigError("needs its seq_len, n_tasks, n_inputs and n_outputs (resolve the config first)",
+                              field="data.seq_len")  # fmt: skip
+        lang = _language(self.n_tasks, self.n_inputs, self.n_outputs, self.seq_len, self.vocab_size, self.seed)
+        return lang.with_stream_seed(stream_seed)
+
+
+# The task pool does not depend on the run seed: cached per process.
+@lru_cache(maxsize=4)
+def _language(
+    n_tasks: int, n_inputs: int, n_outputs: int, seq_len: int, vocab_size: int, seed: int
+) -> DiscreteTasksSource:
+    return DiscreteTasksSource(n_tasks, n_inputs, n_outputs, seq_len, vocab_size=vocab_size, seed=seed)
+
+
+def _resolve(d: DiscreteTasksConfig, model: ModelConfig, file: str | None) -> None:
+    """Fill in and check the fields (in place): n_outputs defaults to 4, n_inputs to vocab_size - n_outputs,
+    n_tasks to 16. One-line errors."""
+    if model.seq_len < 3:
         raise ConfigError(
-            f"seq_len {cfg.model.seq_len} is too short for a demonstration and a query (x_1 y_1 x_2: at least 3)",
+            f"seq_len {model.seq_len} is too short for a demonstration and a query (x_1 y_1 x_2: at least 3)",
             file=file,
             field="model.seq_len",
         )

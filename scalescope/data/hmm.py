@@ -17,13 +17,16 @@ for the upper bound and from the true S_1 for the lower one; we estimate both by
 from __future__ import annotations
 
 import copy
+from dataclasses import dataclass
+from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
 
-from scalescope.config import ConfigError
-from scalescope.data.base import Batch, Split, stream_rng
-from scalescope.data.markov import (
+from ..config import ModelConfig, SourceConfig, positive, register_source
+from ..errors import ConfigError
+from .base import Batch, Split, check_support, stream_rng
+from .markov import (
     choose_without_replacement,
     combine_seeds,
     row_entropy,
@@ -252,3 +255,48 @@ class HMMSource:
             "entropy_length": self.entropy_length,
             "stationary_residual": self.stationary_residual,
         }
+
+
+@register_source("hmm")
+@dataclass(kw_only=True)
+class HMMConfig(SourceConfig):
+    """``[data] kind = "hmm"``: a random hidden Markov model (``seed`` picks which one)."""
+
+    # Number of token types.
+    vocab_size: int = 64
+    # Number of hidden states and the Dirichlet concentration of their transition rows.
+    n_hidden: int = 16
+    transition_concentration: float = 0.3
+    # Allowed emissions per hidden state (None: all vocab_size) and their Dirichlet concentration.
+    support: int | None = 8
+    concentration: float = 0.5
+
+    def resolve(self, model: ModelConfig, file: str | None) -> None:
+        for name in ("vocab_size", "n_hidden", "concentration", "transition_concentration"):
+            positive(getattr(self, name), f"data.{name}", file)
+        positive(self.support, "data.support", file, allow_none=True)
+        check_support(self.vocab_size, self.support, file)
+
+    def build(self, stream_seed: int) -> HMMSource:
+        lang = _language(
+            self.vocab_size,
+            self.n_hidden,
+            self.support,
+            float(self.concentration),
+            float(self.transition_concentration),
+            self.seed,
+        )
+        return lang.with_stream_seed(stream_seed)
+
+
+# The language (and its Monte-Carlo entropy rate) does not depend on the run seed: cached per process.
+@lru_cache(maxsize=4)
+def _language(
+    vocab_size: int,
+    n_hidden: int,
+    support: int | None,
+    concentration: float,
+    transition_concentration: float,
+    seed: int,
+) -> HMMSource:
+    return HMMSource(vocab_size, n_hidden, support, concentration, transition_concentration, seed=seed)

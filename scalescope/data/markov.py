@@ -15,13 +15,16 @@ from __future__ import annotations
 
 import copy
 import hashlib
+from dataclasses import dataclass
+from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
 import scipy.sparse as sp
 
-from scalescope.config import ConfigError
-from scalescope.data.base import Batch, Split, stream_rng
+from ..config import ModelConfig, SourceConfig, positive, register_source
+from ..errors import ConfigError
+from .base import Batch, Split, check_support, stream_rng
 
 # Refuse tables bigger than this many (state, next token) entries: each table is 8 bytes per entry.
 MAX_TABLE_ENTRIES = 1 << 28
@@ -301,3 +304,43 @@ class MarkovSource:
             "stationary_residual": self.stationary_residual,
             "stationary_iterations": self.stationary_iterations,
         }
+
+
+@register_source("markov")
+@dataclass(kw_only=True)
+class MarkovConfig(SourceConfig):
+    """``[data] kind = "markov"``: a sparse random Markov chain (``seed`` picks which one)."""
+
+    # Number of token types.
+    vocab_size: int = 64
+    # How many previous tokens the next one depends on.
+    order: int = 1
+    # Allowed next tokens per state (None: all vocab_size).
+    support: int | None = 8
+    # Dirichlet concentration of each next-token distribution.
+    concentration: float = 0.5
+
+    def resolve(self, model: ModelConfig, file: str | None) -> None:
+        for name in ("vocab_size", "order", "concentration"):
+            positive(getattr(self, name), f"data.{name}", file)
+        positive(self.support, "data.support", file, allow_none=True)
+        check_support(self.vocab_size, self.support, file)
+        if self.vocab_size**self.order > 4_000_000:
+            raise ConfigError(
+                f"vocab_size**order = {self.vocab_size**self.order} states is too many (at most 4,000,000)",
+                file=file,
+                field="data.order",
+            )
+
+    def build(self, stream_seed: int) -> MarkovSource:
+        return _language(self.vocab_size, self.order, self.support, float(self.concentration), self.seed).with_stream_seed(
+            stream_seed
+        )
+
+
+# Building a language (tables, stationary distribution, entropy rate) is the expensive part and does not
+# depend on the run seed, so it is cached per process; each run gets a cheap view with its own stream seed.
+# A few entries only: a large chain holds hundreds of MB.
+@lru_cache(maxsize=4)
+def _language(vocab_size: int, order: int, support: int | None, concentration: float, seed: int) -> MarkovSource:
+    return MarkovSource(vocab_size, order, support, concentration, seed=seed)

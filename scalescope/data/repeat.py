@@ -23,13 +23,15 @@ from __future__ import annotations
 
 import copy
 import math
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from scalescope.config import ConfigError
-from scalescope.data.base import Batch, Split, stream_rng
-from scalescope.data.markov import combine_seeds
+from ..config import ModelConfig, SourceConfig, register_source
+from ..errors import ConfigError
+from .base import Batch, Split, check_vocab, stream_rng, task_seq_len
+from .markov import combine_seeds
 
 
 def span_range(seq_len: int, span_min: int | None, span_max: int | None, *, file: str | None = None) -> tuple[int, int]:
@@ -162,3 +164,30 @@ class RepeatedSpansSource:
             "exact copies (ideal loss 0); entropy_rate is a lower bound, entropy_rate_upper adds "
             "the layout entropy H(n, a) / T",
         }
+
+
+@register_source("repeated_spans")
+@dataclass(kw_only=True)
+class RepeatedSpansConfig(SourceConfig):
+    """``[data] kind = "repeated_spans"`` (induction, Olsson et al. 2022): uniform random tokens whose last n
+    tokens repeat an earlier span, n uniform in [span_min, span_max] (defaults max(2, (seq_len + 1) // 4) and
+    (seq_len + 1) // 2), at a random offset."""
+
+    vocab_size: int = 64
+    span_min: int | None = None
+    span_max: int | None = None
+    # The sequence length the task is laid out for: resolved to model.seq_len.
+    seq_len: int | None = None
+
+    def resolve(self, model: ModelConfig, file: str | None) -> None:
+        check_vocab(self.vocab_size, file)
+        self.seq_len = task_seq_len(self.seq_len, model.seq_len, file)
+        check_vocab(self.vocab_size, file, at_least=2)
+        span_range(model.seq_len, self.span_min, self.span_max, file=file)
+
+    def build(self, stream_seed: int) -> RepeatedSpansSource:
+        if self.seq_len is None:
+            raise ConfigError("needs its seq_len (resolve the config first)", field="data.seq_len")
+        return RepeatedSpansSource(
+            self.vocab_size, self.seq_len, self.span_min, self.span_max, seed=self.seed, stream_seed=stream_seed
+        )

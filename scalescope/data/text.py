@@ -17,13 +17,16 @@ import json
 import os
 import shutil
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 
-from scalescope.config import ConfigError
-from scalescope.data.base import Batch, Split, stream_rng
-from scalescope.data.markov import combine_seeds
+from ..config import ModelConfig, SourceConfig, positive, register_source
+from ..errors import ConfigError
+from .base import Batch, Split, stream_rng
+from .markov import combine_seeds
 
 # Bump when the cache layout or the tokenization changes, so old caches are not reused.
 CACHE_VERSION = 1
@@ -256,3 +259,34 @@ class TextSource:
                 files=len(self.meta["files"]),
             )
         return d
+
+
+@register_source("text")
+@dataclass(kw_only=True)
+class TextConfig(SourceConfig):
+    """``[data] kind = "text"``: the user's own corpus, tokenized once into the store's cache."""
+
+    # A file or a directory of text files.
+    path: str | None = None
+    # Byte-level tokens (vocab 256) or a byte-level BPE trained locally with `tokenizers`.
+    tokenizer: Literal["bytes", "bpe"] = "bytes"
+    bpe_vocab_size: int = 1024
+    # Fraction of tokens (taken from the end of the corpus) held out for validation.
+    val_fraction: float = 0.1
+
+    def resolve(self, model: ModelConfig, file: str | None) -> None:
+        positive(self.bpe_vocab_size, "data.bpe_vocab_size", file)
+        if not 0 < self.val_fraction < 1:
+            raise ConfigError(
+                f"expected a number in (0, 1), got {self.val_fraction}", file=file, field="data.val_fraction"
+            )
+        if not self.path:
+            raise ConfigError("a text source needs a path to a file or directory", file=file, field="data.path")
+
+    def build(self, stream_seed: int) -> TextSource:
+        """Still needs :meth:`TextSource.prepare` (tokenization) before its first batch."""
+        if not self.path:
+            raise ConfigError("a text source needs a path to a file or directory", field="data.path")
+        return TextSource(
+            self.path, self.tokenizer, self.bpe_vocab_size, self.val_fraction, seed=self.seed, stream_seed=stream_seed
+        )

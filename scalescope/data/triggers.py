@@ -28,13 +28,16 @@ from __future__ import annotations
 
 import copy
 import math
+from dataclasses import dataclass
+from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
 
-from scalescope.config import ConfigError
-from scalescope.data.base import Batch, Split, stream_rng
-from scalescope.data.markov import MarkovSource, combine_seeds, sample_rows
+from ..config import ModelConfig, SourceConfig, positive, register_source
+from ..errors import ConfigError
+from .base import Batch, Split, check_support, check_vocab, stream_rng, task_seq_len
+from .markov import MarkovSource, combine_seeds, sample_rows
 
 # Sequences in the fixed Monte Carlo sample behind the expected ideal loss.
 IDEAL_SAMPLE = 4096
@@ -148,3 +151,57 @@ class MarkovTriggersSource:
             "note": "entropy_rate: mean Bayes-optimal loss per target (chain and triggers known, targets "
             f"not), a Monte Carlo average over {IDEAL_SAMPLE} sequences with its standard error",
         }
+
+
+@register_source("markov_triggers")
+@dataclass(kw_only=True)
+class MarkovTriggersConfig(SourceConfig):
+    """``[data] kind = "markov_triggers"`` (induction, Bietti et al. 2023): a first-order Markov chain
+    (vocab_size, support, concentration) in which each of n_triggers trigger tokens is followed by a
+    per-sequence target token."""
+
+    vocab_size: int = 64
+    # The chain is first order; the field exists so that a stored config (order = 1) reads back.
+    order: int = 1
+    support: int | None = 8
+    concentration: float = 0.5
+    # Resolved to 1 when omitted.
+    n_triggers: int | None = None
+    # The sequence length the task is laid out for: resolved to model.seq_len.
+    seq_len: int | None = None
+
+    def resolve(self, model: ModelConfig, file: str | None) -> None:
+        for name in ("vocab_size", "order", "concentration"):
+            positive(getattr(self, name), f"data.{name}", file)
+        positive(self.support, "data.support", file, allow_none=True)
+        check_support(self.vocab_size, self.support, file)
+        self.seq_len = task_seq_len(self.seq_len, model.seq_len, file)
+        check_vocab(self.vocab_size, file, at_least=2)
+        if self.order != 1:
+            raise ConfigError(
+                f"markov_triggers uses a first-order chain, got order {self.order}", file=file, field="data.order"
+            )
+        if self.n_triggers is None:
+            self.n_triggers = 1
+        if not 1 <= self.n_triggers < self.vocab_size:
+            raise ConfigError(
+                f"expected an integer in [1, vocab_size - 1 = {self.vocab_size - 1}], got {self.n_triggers}",
+                file=file,
+                field="data.n_triggers",
+            )
+
+    def build(self, stream_seed: int) -> MarkovTriggersSource:
+        if self.seq_len is None:
+            raise ConfigError("needs its seq_len (resolve the config first)", field="data.seq_len")
+        lang = _language(
+            self.vocab_size, self.seq_len, self.n_triggers or 1, self.support, float(self.concentration), self.seed
+        )
+        return lang.with_stream_seed(stream_seed)
+
+
+# The chain and its Monte-Carlo ideal loss do not depend on the run seed: cached per process.
+@lru_cache(maxsize=4)
+def _language(
+    vocab_size: int, seq_len: int, n_triggers: int, support: int | None, concentration: float, seed: int
+) -> MarkovTriggersSource:
+    return MarkovTriggersSource(vocab_size, seq_len, n_triggers, support, concentration, seed=seed)
