@@ -11,9 +11,11 @@ from . import config as C
 from .data import build_source
 from .executors import Executor, LocalExecutor, RunSpec
 from .model import flops_per_token
+from .rundir import DONE_STATES
+from .schedule import budget_steps
 from .store import Store
 from .sweep import Experiment
-from .train import Outcome, budget_steps
+from .train import Outcome
 
 
 @dataclass
@@ -63,7 +65,7 @@ class Progress:
         total = 0
         for p in self.planned:
             st = self.store.run_dir(p.run_id).read_status()
-            total += p.tokens_total if st.get("state") in ("finished", "diverged") else st.get("tokens", 0)
+            total += p.tokens_total if st.get("state") in DONE_STATES else st.get("tokens", 0)
         return total
 
     def line(self, outcomes: dict[str, Outcome]) -> str:
@@ -120,7 +122,7 @@ def run_experiment(
     if on_start:
         on_start(planned)
     own = executor is None
-    if own:
+    if executor is None:
         # Threads per run follow the requested worker count, not how many runs remain: a resumed run then
         # gets the thread count it started with, which bitwise-exact resume on CPU needs.
         executor = LocalExecutor(workers=workers, threads_per_worker=threads)

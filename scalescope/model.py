@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import cast
 
 import torch
 import torch.nn.functional as F
@@ -48,6 +49,11 @@ def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch
 
 
 class CausalSelfAttention(nn.Module):
+    # Buffers registered in __init__ (declared here for the type checker; nn.Module's __getattr__ is untyped).
+    causal: torch.Tensor
+    rope_cos: torch.Tensor
+    rope_sin: torch.Tensor
+
     def __init__(self, cfg: ModelConfig):
         super().__init__()
         self.n_head, self.d_model = cfg.n_head, cfg.d_model
@@ -106,7 +112,7 @@ class Block(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = x + self.attn(self.ln1(x))
-        if self.mlp is not None:
+        if self.mlp is not None and self.ln2 is not None:  # both or neither (attn_only)
             x = x + self.mlp(self.ln2(x))
         return x
 
@@ -126,7 +132,7 @@ class GPT(nn.Module):
         # (B, T) ids -> (B, T, C) by lookup, or (B, T, input_dim) vectors -> (B, T, C) by a linear map.
         self.tok_emb = (
             nn.Linear(cfg.input_dim, cfg.d_model, bias=cfg.bias)
-            if self.float_inputs
+            if cfg.input_dim is not None
             else nn.Embedding(vocab_size, cfg.d_model)
         )
         self.pos_emb = nn.Embedding(cfg.seq_len, cfg.d_model) if cfg.positions == "learned" else None
@@ -144,8 +150,9 @@ class GPT(nn.Module):
     def _init(self, module: nn.Module) -> None:
         if isinstance(module, (nn.Linear, nn.Embedding)):
             nn.init.normal_(module.weight, mean=0.0, std=self.cfg.init_std)
-            if getattr(module, "bias", None) is not None:
-                nn.init.zeros_(module.bias)
+            bias = getattr(module, "bias", None)  # an Embedding has none, a Linear may have none
+            if bias is not None:
+                nn.init.zeros_(bias)
 
     def forward(self, idx: torch.Tensor) -> torch.Tensor:
         """Token ids (B, T) -> logits (B, T, vocab); float mode: vectors (B, T, input_dim) -> (B, T, vocab)."""
@@ -180,12 +187,16 @@ class GPT(nn.Module):
     @torch.no_grad()
     def attention_patterns(self, idx: torch.Tensor) -> list[torch.Tensor]:
         """Attention probabilities of every layer, each (B, n_head, T, T), via the explicit path."""
-        attns = [b.attn for b in self.blocks]
+        attns = [cast(Block, b).attn for b in self.blocks]
         for a in attns:
             a.record_pattern = True
         try:
             self(idx)
-            return [a.last_pattern for a in attns]
+            patterns = []
+            for a in attns:
+                assert a.last_pattern is not None  # recorded by the forward pass just made
+                patterns.append(a.last_pattern)
+            return patterns
         finally:
             for a in attns:
                 a.record_pattern, a.last_pattern = False, None

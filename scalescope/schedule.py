@@ -1,4 +1,4 @@
-"""Learning-rate schedules and the evaluation schedule, both pure functions of the step.
+"""A run's schedules: its length in steps, the learning rate and the evaluations, pure functions of the step.
 
 Being pure functions of the step is what makes resume exact: the scheduler's whole state is the step.
 """
@@ -7,7 +7,18 @@ from __future__ import annotations
 
 import math
 
-from .config import TrainConfig
+from .config import RunConfig, TrainConfig
+
+
+def budget_steps(cfg: RunConfig, flops_per_token: float) -> int:
+    """Optimizer steps that spend the token or FLOP budget (rounded up: at least one step)."""
+    tokens_per_step = cfg.train.batch_size * cfg.model.seq_len
+    if cfg.train.tokens is not None:
+        tokens: float = cfg.train.tokens
+    else:
+        assert cfg.train.flops is not None, "config validation requires train.tokens or train.flops"
+        tokens = cfg.train.flops / flops_per_token
+    return max(1, math.ceil(tokens / tokens_per_step))
 
 
 def warmup_steps(cfg: TrainConfig, total_steps: int) -> int:

@@ -1,7 +1,13 @@
 """The store: a directory of run directories, read into tables with DuckDB.
 
-The store never writes into a run directory after creating it (the run's worker owns it); it only
-reads. ``load(store)`` returns pandas DataFrames:
+Layout (this module spells the store's own names; a run directory's are :mod:`scalescope.rundir`'s)::
+
+    <store>/runs/<id>/   one run directory per run (:class:`scalescope.rundir.RunDir`)
+    <store>/cache/       data prepared once for every run (tokenized corpora), shared by the workers
+
+The driver creates a run directory with its config (:meth:`Store.add`, before dispatch); after that the
+store never writes into it (the run's worker owns it), it only reads. ``load(store)`` returns pandas
+DataFrames:
 
 - ``runs``: one row per run: id, status, parameter counts, tokens and FLOPs trained, final metrics
   (``final_<metric>``), the source's entropy rate, and every config field as a dotted column
@@ -13,7 +19,6 @@ reads. ``load(store)`` returns pandas DataFrames:
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -21,7 +26,8 @@ from typing import Any
 import pandas as pd
 
 from . import config as C
-from .rundir import RunDir, atomic_write_json
+from .errors import StoreError
+from .rundir import RunDir
 
 METRIC_COLUMNS = {
     "step": "BIGINT",
@@ -33,13 +39,14 @@ METRIC_COLUMNS = {
 }
 
 
-class StoreError(ValueError):
-    """The store directory cannot be used; the message names it."""
-
-
 class Store:
     def __init__(self, path: str | Path):
         self.path = Path(path)
+
+    @classmethod
+    def containing(cls, run_dir: RunDir) -> Store:
+        """The store a run directory lives in (``<store>/runs/<id>``)."""
+        return cls(run_dir.path.parent.parent)
 
     @property
     def runs_dir(self) -> Path:
@@ -65,18 +72,14 @@ class Store:
 
     def add(self, cfg: C.RunConfig, experiment: str | None = None) -> RunDir:
         """Create the run directory with its config (once); an existing run is left as it is."""
-        rid = C.run_id(cfg)
-        rd = self.run_dir(rid)
-        if not (rd.path / "config.json").exists():
-            rd.path.mkdir(parents=True, exist_ok=True)
-            atomic_write_json(rd.path / "config.json", C.to_dict(cfg))
-            rd.write_status("pending", experiment=experiment)
+        rd = self.run_dir(C.run_id(cfg))
+        rd.create(C.to_dict(cfg), experiment=experiment)
         return rd
 
     def run_ids(self) -> list[str]:
         if not self.runs_dir.is_dir():
             return []
-        return sorted(p.name for p in self.runs_dir.iterdir() if (p / "config.json").exists())
+        return sorted(p.name for p in self.runs_dir.iterdir() if RunDir(p).exists())
 
 
 def _flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -96,12 +99,12 @@ class Tables:
     metrics: pd.DataFrame
 
 
-def _read_metrics(con, files: list[str]) -> pd.DataFrame:
+def _read_metrics(con: Any, files: list[str]) -> pd.DataFrame:
     cols = ", ".join(f"'{k}': '{v}'" for k, v in METRIC_COLUMNS.items())
     if not files:
         return pd.DataFrame(columns=["id", *METRIC_COLUMNS])
     q = f"""
-        SELECT regexp_extract(filename, '([^/\\\\]+)[/\\\\]metrics\\.jsonl$', 1) AS id, {", ".join(METRIC_COLUMNS)}
+        SELECT regexp_extract(filename, '([^/\\\\]+)[/\\\\][^/\\\\]+$', 1) AS id, {", ".join(METRIC_COLUMNS)}
         FROM read_json(?, format='newline_delimited', columns={{{cols}}}, filename=true)
         ORDER BY id, step, metric
     """
@@ -130,11 +133,8 @@ def load(store: str | Path) -> Tables:
         raise StoreError(f"{st.path}: no such store directory")
     ids = st.run_ids()
     con = duckdb.connect()
-    files = [
-        str(st.runs_dir / i / "metrics.jsonl")
-        for i in ids
-        if (st.runs_dir / i / "metrics.jsonl").exists() and os.path.getsize(st.runs_dir / i / "metrics.jsonl")
-    ]
+    # The id is the name of the folder each file is in (see _read_metrics); empty files are left out.
+    files = [str(p) for p in (st.run_dir(i).metrics_path for i in ids) if p.exists() and p.stat().st_size]
     metrics = _read_metrics(con, files)
     # Final value of every metric per run: the row with the largest step.
     if len(metrics):
@@ -150,12 +150,9 @@ def load(store: str | Path) -> Tables:
     defaults = C.to_dict(C.RunConfig())  # today's default of every config field (see _with_defaults)
     for rid in ids:
         rd = st.run_dir(rid)
-        cfg = json.loads((rd.path / "config.json").read_text())
+        cfg = rd.read_config()
         status = rd.read_status()
-        try:
-            meta = json.loads((rd.path / "meta.json").read_text())
-        except (FileNotFoundError, json.JSONDecodeError):
-            meta = {}
+        meta = rd.read_meta()
         tps = meta.get("tokens_per_step")
         step = status.get("step", 0)
         row = {

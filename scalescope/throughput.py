@@ -9,7 +9,7 @@ from __future__ import annotations
 import math
 import statistics
 import time
-from typing import Any
+from typing import Any, cast
 
 import torch
 import torch.nn.functional as F
@@ -18,7 +18,8 @@ from torch import nn
 from .config import ModelConfig, TrainConfig
 from .data.base import Batch
 from .model import GPT, matmul_flops_per_token, param_counts
-from .train import accumulate_gradients, make_optimizer
+from .optim import make_optimizer
+from .train import accumulate_gradients
 
 
 def matmul_flops_per_s(n: int = 1024, repeats: int = 7, device: str = "cpu") -> float:
@@ -102,7 +103,8 @@ def bench_train(
     ours = GPT(mcfg, vocab).to(dev)
     opt = make_optimizer(ours, tcfg, fused=fused)
     if compile:
-        ours = torch.compile(ours)
+        # An OptimizedModule that forwards attribute access (``loss``) to the GPT it wraps.
+        ours = cast(GPT, torch.compile(ours))
     ref = ReferenceGPT(vocab, seq_len, n_layer, d_model, n_head).to(dev)
     ref_opt = torch.optim.AdamW(ref.parameters(), lr=1e-3)
     data = torch.randint(0, vocab, (steps, batch, seq_len + 1))
@@ -130,7 +132,8 @@ def bench_train(
 
     run_ours(min(3, steps))
     run_ref(min(3, steps))
-    t_ours, t_ref = [], []
+    t_ours: list[float] = []
+    t_ref: list[float] = []
     for _ in range(repeats):
         for fn, acc in ((run_ours, t_ours), (run_ref, t_ref)):
             sync()

@@ -1,19 +1,17 @@
 """The training loop: one run, a pure function of its config, writing only its own run directory.
 
-Resume is exact: a checkpoint holds the model, the optimizer, every RNG, the step (the scheduler and
-the data position are pure functions of it, see ``schedule.py`` and ``data/base.py``), the running
-train-loss accumulators and the length of ``metrics.jsonl`` at that moment.
+Resume is exact: a checkpoint (:class:`scalescope.checkpoint.TrainState`) holds the model, the optimizer,
+every RNG, the step (the scheduler and the data position are pure functions of it, see ``schedule.py``
+and ``data/base.py``), the running train-loss accumulators and the length of ``metrics.jsonl`` at that
+moment. The run directory's files are written through :class:`scalescope.rundir.RunDir`.
 """
 
 from __future__ import annotations
 
 import math
-import os
-import platform
-import random
-import sys
 import time
 import traceback
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -23,49 +21,27 @@ import torch
 
 from . import config as C
 from . import instruments as instr
+from .checkpoint import TrainState, load_checkpoint, restore_rng_state, rng_state, save_checkpoint, save_weights
 from .data import build_source
 from .data.base import Batch, Source
+from .device import pick_device
 from .model import GPT
-from .rundir import RunDir, atomic_write_bytes, atomic_write_json
-from .schedule import is_eval_step, lr_at
+from .optim import make_optimizer
+from .rundir import DONE_STATES, RunDir
+from .runmeta import run_meta
+from .schedule import budget_steps, is_eval_step, lr_at
 
 
 @dataclass
 class Outcome:
+    """What one run came to: what :func:`train` returns and executors hand back to the driver."""
+
     id: str
     status: str  # finished | diverged | failed
     steps: int = 0
     final_val_loss: float | None = None
     error: str | None = None
     skipped: bool = False  # True when the run was already done and nothing was computed
-
-
-def pick_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise C.ConfigError("CUDA requested but not available", field="train.device")
-    return torch.device(name)
-
-
-def budget_steps(cfg: C.RunConfig, flops_per_token: float) -> int:
-    """Optimizer steps that spend the token or FLOP budget (rounded up: at least one step)."""
-    tokens_per_step = cfg.train.batch_size * cfg.model.seq_len
-    tokens = cfg.train.tokens if cfg.train.tokens is not None else cfg.train.flops / flops_per_token
-    return max(1, math.ceil(tokens / tokens_per_step))
-
-
-def make_optimizer(model: torch.nn.Module, cfg: C.TrainConfig, *, fused: bool | None = None) -> torch.optim.Optimizer:
-    """AdamW or SGD+momentum. Weight decay applies to matrices only (not biases, norms) as in GPT-2.
-
-    ``fused``: torch's fused AdamW kernel (None: torch's default choice)."""
-    params = [p for p in model.parameters() if p.requires_grad]
-    decay = [p for p in params if p.dim() >= 2]
-    no_decay = [p for p in params if p.dim() < 2]
-    groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-    if cfg.optimizer == "adamw":
-        return torch.optim.AdamW(groups, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), eps=cfg.eps, fused=fused)
-    return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum)
 
 
 def split_micro(batch: Batch, micro: int) -> list[Batch]:
@@ -112,47 +88,6 @@ def evaluate(model: GPT, source: Source, cfg: C.RunConfig, device: torch.device)
     return total / cfg.train.eval_batches
 
 
-def _rng_state() -> dict[str, Any]:
-    s = {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()}
-    if torch.cuda.is_available():
-        s["cuda"] = torch.cuda.get_rng_state_all()
-    return s
-
-
-def _set_rng_state(s: dict[str, Any]) -> None:
-    torch.set_rng_state(s["torch"])
-    np.random.set_state(s["numpy"])
-    random.setstate(s["python"])
-    if "cuda" in s and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(s["cuda"])
-
-
-def _meta(cfg: C.RunConfig, model: GPT, source: Source, total_steps: int, device: torch.device) -> dict:
-    pc = model.param_counts()
-    desc = source.describe()
-    return {
-        "params_total": pc.total,
-        "params_embedding": pc.embedding,
-        "params_nonembedding": pc.nonembedding,
-        "flops_per_token": model.flops_per_token(),
-        "flops_convention": "6N + 12*n_layer*seq_len*d_model, N = non-embedding params (PaLM app. B)",
-        "total_steps": total_steps,
-        "tokens_per_step": cfg.train.batch_size * cfg.model.seq_len,
-        "tokens_budget": total_steps * cfg.train.batch_size * cfg.model.seq_len,
-        "vocab_size": source.vocab_size,
-        "entropy_rate": source.entropy_rate,
-        "source": desc,
-        "versions": {"python": sys.version.split()[0], "torch": torch.__version__, "numpy": np.__version__},
-        "hardware": {
-            "device": str(device),
-            "cuda": torch.cuda.get_device_name(0) if device.type == "cuda" else None,
-            "cpu": platform.processor() or platform.machine(),
-            "cores": os.cpu_count(),
-            "threads": torch.get_num_threads(),
-        },
-    }
-
-
 def train(
     cfg: C.RunConfig,
     run_dir: str | Path,
@@ -165,15 +100,15 @@ def train(
     rd = RunDir(Path(run_dir))
     rid = rd.id
     st = rd.read_status()
-    if st.get("state") in ("finished", "diverged"):
+    if st.get("state") in DONE_STATES:
         return Outcome(rid, st["state"], st.get("step", 0), st.get("final_val_loss"), skipped=True)
     try:
-        return _train(cfg, rd, Path(cache_dir) if cache_dir else rd.path / "cache", threads)
+        return _train(cfg, rd, Path(cache_dir) if cache_dir else rd.local_cache_dir, threads)
     except KeyboardInterrupt:
         raise
     except Exception as e:  # one run's crash must not take the sweep down: record it and move on
         msg = f"{type(e).__name__}: {e}"
-        (rd.path / "error.log").write_text(traceback.format_exc())
+        rd.write_error_log(traceback.format_exc())
         rd.write_status("failed", error=msg)
         return Outcome(rid, "failed", error=msg)
 
@@ -197,50 +132,49 @@ def _train(cfg: C.RunConfig, rd: RunDir, cache_dir: Path, threads: int | None) -
     tokens_per_step = tc.batch_size * cfg.model.seq_len
     micro = tc.micro_batch_size or tc.batch_size
 
-    # --- state that a checkpoint carries -------------------------------------------------------------
+    # --- state that a checkpoint carries (see checkpoint.TrainState) ----------------------------------
     step, last_eval = 0, -1
     loss_sum, loss_n, wall, train_time_since = 0.0, 0, 0.0, 0.0
-    tokens_since, ref_loss, gnorm_last = 0, None, float("nan")
+    tokens_since, gnorm_last = 0, float("nan")
+    ref_loss: float | None = None
     n_evals = 0
     ckpt = rd.checkpoint_path
     if ckpt.exists():
-        state = torch.load(ckpt, map_location="cpu", weights_only=False)
-        model.load_state_dict(state["model"])
-        opt.load_state_dict(state["optimizer"])
-        _set_rng_state(state["rng"])
-        step, last_eval = state["step"], state["last_eval"]
-        loss_sum, loss_n, wall = state["loss_sum"], state["loss_n"], state["wall"]
-        train_time_since, tokens_since = state["train_time_since"], state["tokens_since"]
-        ref_loss, n_evals, gnorm_last = state["ref_loss"], state["n_evals"], state["gnorm_last"]
-        rd.truncate_metrics(state["metrics_size"])
+        state = load_checkpoint(ckpt)
+        model.load_state_dict(state.model)
+        opt.load_state_dict(state.optimizer)
+        restore_rng_state(state.rng)
+        step, last_eval = state.step, state.last_eval
+        loss_sum, loss_n, wall = state.loss_sum, state.loss_n, state.wall
+        train_time_since, tokens_since = state.train_time_since, state.tokens_since
+        ref_loss, n_evals, gnorm_last = state.ref_loss, state.n_evals, state.gnorm_last
+        rd.truncate_metrics(state.metrics_size)
     else:
         rd.truncate_metrics(0)
-        atomic_write_json(rd.path / "meta.json", _meta(cfg, model, source, total, device))
+        rd.write_meta(run_meta(cfg, model, source, total, device))
 
-    def save_checkpoint() -> None:
-        state = {
-            "model": model.state_dict(),
-            "optimizer": opt.state_dict(),
-            "rng": _rng_state(),
-            "step": step,
-            "last_eval": last_eval,
-            "loss_sum": loss_sum,
-            "loss_n": loss_n,
-            "wall": wall,
-            "train_time_since": train_time_since,
-            "tokens_since": tokens_since,
-            "ref_loss": ref_loss,
-            "n_evals": n_evals,
-            "gnorm_last": gnorm_last,
-            "metrics_size": rd.metrics_size(),
-        }
-        import io
+    def checkpoint() -> None:
+        save_checkpoint(
+            ckpt,
+            TrainState(
+                model=model.state_dict(),
+                optimizer=opt.state_dict(),
+                rng=rng_state(),
+                step=step,
+                last_eval=last_eval,
+                loss_sum=loss_sum,
+                loss_n=loss_n,
+                wall=wall,
+                train_time_since=train_time_since,
+                tokens_since=tokens_since,
+                ref_loss=ref_loss,
+                n_evals=n_evals,
+                gnorm_last=gnorm_last,
+                metrics_size=rd.metrics_size(),
+            ),
+        )
 
-        buf = io.BytesIO()
-        torch.save(state, buf)
-        atomic_write_bytes(ckpt, buf.getvalue())
-
-    def row(metric: str, value: float) -> dict:
+    def row(metric: str, value: float) -> dict[str, Any]:
         return {
             "step": step,
             "tokens": step * tokens_per_step,
@@ -253,7 +187,7 @@ def _train(cfg: C.RunConfig, rd: RunDir, cache_dir: Path, threads: int | None) -
     rd.write_status("running", step=step, tokens=step * tokens_per_step, total_steps=total)
     model.train()
     t_wall = time.perf_counter()
-    val = None
+    val: float | None = None
     while True:
         if is_eval_step(step, tc.eval_every, total) and step > last_eval:
             wall += time.perf_counter() - t_wall
@@ -272,14 +206,10 @@ def _train(cfg: C.RunConfig, rd: RunDir, cache_dir: Path, threads: int | None) -
             loss_sum, loss_n, train_time_since, tokens_since = 0.0, 0, 0.0, 0
             last_eval, n_evals = step, n_evals + 1
             if tc.keep_weights:
-                import io
-
-                buf = io.BytesIO()
-                torch.save(model.state_dict(), buf)
-                atomic_write_bytes(rd.weights_path(step), buf.getvalue())
+                save_weights(rd.weights_path(step), model.state_dict())
             if not math.isfinite(val):
                 return _diverged(rd, step, tokens_per_step, f"validation loss {val}")
-            save_checkpoint()
+            checkpoint()
             rd.write_status("running", step=step, tokens=step * tokens_per_step, total_steps=total, val_loss=val)
             t_wall = time.perf_counter()
         if step >= total:
@@ -310,7 +240,7 @@ def _train(cfg: C.RunConfig, rd: RunDir, cache_dir: Path, threads: int | None) -
         if step % tc.checkpoint_every == 0 and not is_eval_step(step, tc.eval_every, total):
             wall += time.perf_counter() - t_wall
             t_wall = time.perf_counter()
-            save_checkpoint()
+            checkpoint()
             rd.write_status("running", step=step, tokens=step * tokens_per_step, total_steps=total)
 
     rd.write_status(
@@ -324,7 +254,19 @@ def _diverged(rd: RunDir, step: int, tokens_per_step: int, why: str) -> Outcome:
     return Outcome(rd.id, "diverged", step, error=why)
 
 
-def _run_instruments(probes, n_evals, model, opt, source, cfg, device, step, total, rd, row) -> list[dict]:
+def _run_instruments(
+    probes: list[instr.Instrument],
+    n_evals: int,
+    model: GPT,
+    opt: torch.optim.Optimizer,
+    source: Source,
+    cfg: C.RunConfig,
+    device: torch.device,
+    step: int,
+    total: int,
+    rd: RunDir,
+    row: Callable[[str, float], dict[str, Any]],
+) -> list[dict[str, Any]]:
     rows = []
     for ins in probes:
         if n_evals % ins.every:

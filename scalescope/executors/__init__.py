@@ -1,41 +1,17 @@
 """Executors send run specs somewhere to be trained and hand back their outcomes.
 
-The protocol is deliberately tiny: ``submit(spec) -> Future[Outcome]`` and ``shutdown()``. A
-:class:`RunSpec` is plain picklable data, and the worker (:func:`execute`) is a pure function of it that
-writes only the spec's run directory, so a Ray task or a Slurm job can run the same spec unchanged.
+The protocol is deliberately tiny (:mod:`.base`): ``submit(spec) -> Future[Outcome]`` and ``shutdown()``;
+:mod:`.local` runs specs in local processes.
+
+Who writes the run directory: the driver has created it with its config before it submits the spec; the
+worker owns it while it runs; an executor writes into it only the failure of a worker that died (see
+:mod:`scalescope.rundir`). :class:`~scalescope.train.Outcome` is defined beside ``train``, which returns it:
+the executors only pass it on, and ``train`` must not import the executors that call it.
 """
 
 from __future__ import annotations
 
-from concurrent.futures import Future
-from dataclasses import dataclass
-from typing import Protocol
-
-from ..config import RunConfig
-from ..train import Outcome
-
-
-@dataclass(frozen=True)
-class RunSpec:
-    config: RunConfig
-    run_dir: str
-    cache_dir: str
-    threads: int | None = None
-
-
-class Executor(Protocol):
-    def submit(self, spec: RunSpec) -> Future[Outcome]: ...
-
-    def shutdown(self, cancel: bool = False) -> None: ...
-
-
-def execute(spec: RunSpec) -> Outcome:
-    """The worker: train the spec's run (or resume it, or skip it if done). Safe in any process."""
-    from ..train import train
-
-    return train(spec.config, spec.run_dir, cache_dir=spec.cache_dir, threads=spec.threads)
-
-
-from .local import LocalExecutor  # noqa: E402
+from .base import Executor, RunSpec, execute
+from .local import LocalExecutor
 
 __all__ = ["Executor", "LocalExecutor", "RunSpec", "execute"]

@@ -4,6 +4,9 @@ Why processes and not threads, and one thread per run by default: on a 2-core CP
 runs give ~1.94x one run, while one two-thread run gives ~1.7x and collapses when another process is
 busy (measured, see DESIGN.md). Why a process per run rather than a pool: a run that crashes the
 interpreter (segfault, OOM kill) then takes down only itself; its outcome is read from its run dir.
+
+The executor reads a run directory and writes into it only in that case: a worker that died could not
+record its failure, so :func:`_outcome` records it for it (see :mod:`scalescope.rundir` on who writes what).
 """
 
 from __future__ import annotations
@@ -15,9 +18,9 @@ import time
 from concurrent.futures import Future
 from pathlib import Path
 
-from ..rundir import RunDir
+from ..rundir import ENDED_STATES, RunDir
 from ..train import Outcome
-from . import RunSpec
+from .base import RunSpec, execute
 
 
 def _die_with_parent() -> None:
@@ -34,8 +37,6 @@ def _die_with_parent() -> None:
 
 def _worker_main(spec: RunSpec) -> None:
     _die_with_parent()
-    from . import execute
-
     execute(spec)
 
 
@@ -49,8 +50,8 @@ class LocalExecutor:
         cores = os.cpu_count() or 1
         self.threads = threads_per_worker or max(1, cores // self.workers)
         self._ctx = mp.get_context("spawn")  # fork after torch has started threads is unsafe
-        self._queue: list[tuple[RunSpec, Future]] = []
-        self._running: dict[int, tuple[mp.Process, RunSpec, Future]] = {}
+        self._queue: list[tuple[RunSpec, Future[Outcome]]] = []
+        self._running: dict[int, tuple[mp.process.BaseProcess, RunSpec, Future[Outcome]]] = {}
         self._lock = threading.Lock()
         self._stop = False
         self._thread = threading.Thread(target=self._loop, daemon=True)
@@ -78,6 +79,7 @@ class LocalExecutor:
                         continue
                     proc = self._ctx.Process(target=_worker_main, args=(spec,), daemon=False)
                     proc.start()
+                    assert proc.pid is not None  # set by start()
                     self._running[proc.pid] = (proc, spec, fut)
             time.sleep(0.05)
 
@@ -99,11 +101,12 @@ class LocalExecutor:
 
 
 def _outcome(spec: RunSpec, exitcode: int | None) -> Outcome:
-    """Read the outcome a worker left in its run directory; a worker that died says so."""
+    """Read the outcome a worker left in its run directory. A worker that exited without recording an end
+    died (killed, crashed the interpreter): the executor writes its failure, the one write it makes."""
     rd = RunDir(Path(spec.run_dir))
     st = rd.read_status()
     state = st.get("state", "pending")
-    if state in ("finished", "diverged", "failed"):
+    if state in ENDED_STATES:
         return Outcome(rd.id, state, st.get("step", 0), st.get("final_val_loss"), st.get("error") or st.get("reason"))
     why = f"worker process died (exit code {exitcode})"
     rd.write_status("failed", error=why, step=st.get("step", 0))

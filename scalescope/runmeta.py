@@ -1,0 +1,43 @@
+"""What a run records about itself once, before its first step (``meta.json``, see :mod:`scalescope.rundir`):
+sizes, FLOPs per token, the budget in steps and tokens, the data source, software versions and hardware."""
+
+from __future__ import annotations
+
+import os
+import platform
+import sys
+from typing import Any
+
+import numpy as np
+import torch
+
+from .config import RunConfig
+from .data.base import Source
+from .model import GPT
+
+
+def run_meta(cfg: RunConfig, model: GPT, source: Source, total_steps: int, device: torch.device) -> dict[str, Any]:
+    """The content of ``meta.json``. FLOPs per token follow PaLM appendix B (Chowdhery et al. 2022):
+    6N + 12 * n_layer * seq_len * d_model, N = non-embedding parameters."""
+    pc = model.param_counts()
+    return {
+        "params_total": pc.total,
+        "params_embedding": pc.embedding,
+        "params_nonembedding": pc.nonembedding,
+        "flops_per_token": model.flops_per_token(),
+        "flops_convention": "6N + 12*n_layer*seq_len*d_model, N = non-embedding params (PaLM app. B)",
+        "total_steps": total_steps,
+        "tokens_per_step": cfg.train.batch_size * cfg.model.seq_len,
+        "tokens_budget": total_steps * cfg.train.batch_size * cfg.model.seq_len,
+        "vocab_size": source.vocab_size,
+        "entropy_rate": source.entropy_rate,
+        "source": source.describe(),
+        "versions": {"python": sys.version.split()[0], "torch": torch.__version__, "numpy": np.__version__},
+        "hardware": {
+            "device": str(device),
+            "cuda": torch.cuda.get_device_name(0) if device.type == "cuda" else None,
+            "cpu": platform.processor() or platform.machine(),
+            "cores": os.cpu_count(),
+            "threads": torch.get_num_threads(),
+        },
+    }
