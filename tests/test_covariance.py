@@ -118,7 +118,7 @@ def test_linear_model_metrics_match_numpy(scale):
 
 
 def test_noise_along_hessian_eigenvectors_and_the_nqm_prediction():
-    from scalescope.nqm import Optimizer, nqm_from_measurements
+    from scalescope.laws.nqm import Optimizer, nqm_from_measurements
 
     scale = np.array([1.0, 1.5, 2.0])
     model, batch, H, grads = _linear_problem(scale)

@@ -17,7 +17,7 @@ from scalescope.data.discrete_tasks import (
     n_pairs,
     pool_observer,
 )
-from scalescope.emergence.prompt_length import analyze, compare_growth, demos_table
+from scalescope.analyses.prompt_length import analyze, compare_growth, demos_table
 from scalescope.instruments import task_id as TI
 from scalescope.model import GPT
 
@@ -302,7 +302,7 @@ def test_growth_fit_picks_the_true_form(truth, fn):
 
 def test_analysis_and_panel_from_a_tiny_store(disc_store, capsys):
     from scalescope.report import Context, Skip
-    from scalescope.report.prompt_length_panel import prompt_length
+    from scalescope.report.panels.emergence import prompt_length
     from scalescope.store import load
 
     t = load(disc_store)
@@ -316,12 +316,12 @@ def test_analysis_and_panel_from_a_tiny_store(disc_store, capsys):
     empty = t.metrics[~t.metrics["metric"].str.startswith("task_id/")]
     with pytest.raises(Skip, match="task_id"):
         prompt_length(Context(disc_store, t.runs, empty))
-    from scalescope.emergence.prompt_length import main
+    from scalescope.cli import main
 
     capsys.readouterr()
-    assert main([str(disc_store), "--json"]) == 0
+    assert main(["prompt-length", "--store", str(disc_store), "--json"]) == 0
     assert "seen/model" in json.loads(capsys.readouterr().out)["series"]
-    assert main([str(disc_store / "nowhere")]) == 2
+    assert main(["prompt-length", "--store", str(disc_store / "nowhere")]) == 2
     # The continuous twin (mean log-probability of the right output reaching ln 0.8): the pool observer gets
     # there within the 8 queries at every K here (wrong tasks die out as 15 (1/4)^k at K = 16).
     r_logp = analyze(disc_store, metric="demos_needed_logp")

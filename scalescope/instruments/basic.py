@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from . import ProbeContext, register
+from .registry import ProbeContext, register
 
 
 @register("param_norm")
@@ -13,7 +13,7 @@ def make_param_norm():
     """Global L2 norm of the parameters, and per top-level module."""
 
     def probe(ctx: ProbeContext) -> dict:
-        out = {}
+        out: dict[str, float] = {}
         total = 0.0
         for name, p in ctx.model.named_parameters():
             sq = float(p.detach().double().pow(2).sum())
@@ -34,7 +34,7 @@ def make_attention(index: int = 0):
 
     def probe(ctx: ProbeContext) -> dict:
         b = ctx.probe_batch(index)
-        pats = ctx.model.attention_patterns(b.inputs)
+        pats = ctx.model.attention_patterns(b.inputs)  # type: ignore[operator]  # a GPT method, not nn.Module's
         arr = torch.stack(pats).float().cpu().numpy()
         out: dict = {"attention": arr.astype(np.float16)}
         ent = -(torch.stack(pats).clamp_min(1e-12).log() * torch.stack(pats)).sum(-1).mean(dim=(1, 2, 3))

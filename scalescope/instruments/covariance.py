@@ -31,7 +31,7 @@ of the batch loss (the training loss), U_H (n × k) its top-k eigenvectors, U_Σ
   Defined as 0 when either restriction is a multiple of I (every basis diagonalizes it).
   Every term is invariant under a rotation of the basis inside the subspace, so the value does not
   depend on which eigenvectors ARPACK returns for a degenerate eigenvalue.
-- **Noisy quadratic model** (Zhang et al. 2019, :mod:`scalescope.nqm`): the top-k Hessian eigenvalues,
+- **Noisy quadratic model** (Zhang et al. 2019, :mod:`scalescope.laws.nqm`): the top-k Hessian eigenvalues,
   the noise uᵢᵀΣuᵢ and the gradient uᵢᵀḡ along each eigenvector define a k-dimensional NQM whose
   predicted critical batch size (``nqm_B_crit``, SGD, per sequence) goes beside the measured one in
   ``scalescope critical-batch``.
@@ -50,27 +50,26 @@ bench/bench_hvp.py) and k more for H_k.
 
 from __future__ import annotations
 
-import argparse
-import json
 import math
 import time
+from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
 import torch
 
-from ..config import ConfigError
 from ..data.base import Batch
-from . import ProbeContext, register
-from .curvature import _jsonable
+from ..errors import ConfigError
+from ..offline import load_run
 from .hvp import HessianOperator, LossKind, Objective, math_attention, top_eigenpairs
+from .registry import ProbeContext, register
 
 __all__ = [
-    "add_probe_command",
     "covariance_factor",
     "make_covariance",
     "measure",
     "normalized_commutator",
+    "probe_run",
     "sigma_eigenpairs",
 ]
 
@@ -207,7 +206,7 @@ def _nqm_prediction(h: np.ndarray, c: np.ndarray, g: np.ndarray) -> dict[str, fl
     """The NQM's critical batch (SGD, half the model's excess loss; per sequence) and its noise scales,
     built on the top-k Hessian directions alone: a k-dimensional quadratic, so a coarse prediction to put
     beside the measured B_crit, not a substitute for it. NaN when no eigenvalue is positive."""
-    from ..nqm import Optimizer, nqm_from_measurements
+    from ..laws.nqm import Optimizer, nqm_from_measurements
 
     try:
         r = nqm_from_measurements(h, c, grad_in_eigenbasis=g, optimizers={"sgd": Optimizer()})
@@ -272,65 +271,50 @@ def make_covariance(
     return probe
 
 
-# --- scalescope probe covariance RUN_DIR -----------------------------------------------------------------
-def add_probe_command(sub: Any) -> None:
-    from ..probe_cli import add_common
-
-    p = sub.add_parser("covariance", help="per-example gradient covariance: spectrum, alignment with the Hessian")
-    add_common(p)
-    p.add_argument("--top-k", type=int, default=5, help="size of the top eigenspaces compared (default 5)")
-    p.add_argument("--batch-size", type=int, default=None, help="probe batch size (default: the run's micro-batch)")
-    p.add_argument("--index", type=int, default=0, help="probe batch index (default 0)")
-    p.add_argument("--tol", type=float, default=1e-4, help="Lanczos relative tolerance (default 1e-4)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--float64", action="store_true", help="run on a double-precision copy of the model")
-    p.set_defaults(fn=_cmd_probe_covariance)
+# --------------------------------------------------------------------------------------------------
+# Offline, on a stored run (``scalescope probe covariance``).
 
 
-def _cmd_probe_covariance(args: argparse.Namespace) -> int:
-    from .offline import load_run
-
-    if args.top_k < 1:
-        raise ConfigError(f"expected a positive integer, got {args.top_k}", field="--top-k")
-    if args.batch_size is not None and args.batch_size < 2:
-        raise ConfigError(f"expected an integer >= 2, got {args.batch_size}", field="--batch-size")
-    if args.index < 0:
-        raise ConfigError(f"expected a non-negative integer, got {args.index}", field="--index")
-    run = load_run(args.run_dir, args.step)
-    ctx = run.context(args.batch_size)
+def probe_run(
+    run_dir: str | Path,
+    step: int | None = None,
+    *,
+    top_k: int = 5,
+    batch_size: int | None = None,
+    index: int = 0,
+    tol: float = 1e-4,
+    seed: int = 0,
+    float64: bool = False,
+) -> dict[str, Any]:
+    """:func:`measure` on probe batch ``index`` (of ``batch_size`` sequences, default the run's micro-batch)
+    of a stored run at ``step`` (default: the latest checkpoint). Bad arguments raise :class:`ConfigError`
+    naming the argument (``field="top_k"``)."""
+    if top_k < 1:
+        raise ConfigError(f"expected a positive integer, got {top_k}", field="top_k")
+    if batch_size is not None and batch_size < 2:
+        raise ConfigError(f"expected an integer >= 2, got {batch_size}", field="batch_size")
+    if index < 0:
+        raise ConfigError(f"expected a non-negative integer, got {index}", field="index")
+    run = load_run(run_dir, step)
+    ctx = ProbeContext.of_run(run, batch_size)
     with torch.random.fork_rng(devices=[]):
         try:
             res = measure(
                 run.model,
-                ctx.probe_batch(args.index),
-                top_k=args.top_k,
-                tol=args.tol,
-                seed=args.seed,
-                dtype=torch.float64 if args.float64 else None,
+                ctx.probe_batch(index),
+                top_k=top_k,
+                tol=tol,
+                seed=seed,
+                dtype=torch.float64 if float64 else None,
             )
         except ConfigError as e:
-            if e.field == "top_k":
-                raise ConfigError(str(e).removeprefix("top_k: "), field="--top-k", file=args.run_dir) from None
+            if e.field == "top_k":  # too large for this model or batch: say which run
+                raise ConfigError(e.message, field="top_k", file=run_dir) from None
             raise
-    res = {
+    return {
         "run_dir": str(run.run_dir.path),
         "step": run.step,
         "batch_size": ctx.batch_size,
         "params": int(sum(p.numel() for p in run.model.parameters())),
         **res,
     }
-    res = {k: _jsonable(v) for k, v in res.items()}
-    if args.json:
-        print(json.dumps(res))
-        return 0
-    k = args.top_k
-    print(f"{res['run_dir']} step {res['step']}: loss {res['loss']:.4f} on a probe batch of {res['batch_size']}")
-    print("top Σ eigenvalues: " + ", ".join(f"{v:.4g}" for v in res["sigma_eigenvalues"][:k]))
-    print(f"tr Σ {res['sigma_trace']:.4g}, effective rank {res['effective_rank']:.3g}")
-    print("top Hessian eigenvalues: " + ", ".join(f"{v:.4g}" for v in res["hess_eigenvalues"]))
-    print(
-        f"top-{k} overlap {res['overlap']:.3f} (random subspaces: ~{k / res['params']:.1g}), "
-        f"commutator {res['commutator']:.3f}, gradient fraction in top-{k} Hessian space {res['grad_fraction']:.3f}"
-    )
-    print(f"{res['seconds']:.1f} s")
-    return 0

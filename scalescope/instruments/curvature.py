@@ -32,18 +32,17 @@ where it is installed. Lanczos with full reorthogonalization is a dozen lines.
 
 from __future__ import annotations
 
-import argparse
-import json
 import math
 import time
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
-from ..config import ConfigError
 from ..data.base import Batch
-from . import ProbeContext, register
+from ..errors import ConfigError
+from ..offline import load_run
 from .hvp import (
     GGNOperator,
     HessianOperator,
@@ -54,6 +53,7 @@ from .hvp import (
     math_attention,
     top_eigenpairs,
 )
+from .registry import ProbeContext, register
 
 
 def eos_thresholds(lr: float, *, beta1: float = 0.9, momentum: float = 0.0) -> dict[str, float]:
@@ -319,41 +319,31 @@ def make_curvature(
     return probe
 
 
-# --- scalescope probe curvature RUN_DIR ------------------------------------------------------------------
-def _jsonable(v: Any) -> Any:
-    if isinstance(v, np.ndarray):
-        return [_jsonable(x) for x in v.tolist()]
-    if isinstance(v, list):
-        return [_jsonable(x) for x in v]
-    if isinstance(v, float):
-        return v if math.isfinite(v) else None
-    return v
+# --------------------------------------------------------------------------------------------------
+# Offline, on a stored run (``scalescope probe curvature``).
 
 
-def add_probe_command(sub: Any) -> None:
-    from ..probe_cli import add_common
-
-    p = sub.add_parser("curvature", help="top Hessian eigenvalues, trace (Hutch++), spectral density, EoS")
-    add_common(p)
-    p.add_argument("--top-k", type=int, default=3, help="how many top eigenvalues (default 3)")
-    p.add_argument("--batch-size", type=int, default=None, help="probe batch size (default: the run's micro-batch)")
-    p.add_argument("--trace-matvecs", type=int, default=30, help="Hutch++ products, a multiple of 3 (default 30)")
-    p.add_argument("--density", action="store_true", help="also the SLQ spectral density")
-    p.add_argument("--ggn", action="store_true", help="also the Gauss-Newton matrix's top-k and trace")
-    p.add_argument("--tol", type=float, default=1e-4, help="Lanczos relative tolerance (default 1e-4)")
-    p.add_argument("--seed", type=int, default=0)
-    p.set_defaults(fn=_cmd_probe_curvature)
-
-
-def _cmd_probe_curvature(args: argparse.Namespace) -> int:
-    from .offline import load_run
-
-    if args.top_k < 1:
-        raise ConfigError(f"expected a positive integer, got {args.top_k}", field="--top-k")
-    if args.trace_matvecs < 6 or args.trace_matvecs % 3:
-        raise ConfigError(f"expected a multiple of 3 of at least 6, got {args.trace_matvecs}", field="--trace-matvecs")
-    run = load_run(args.run_dir, args.step)
-    ctx = run.context(args.batch_size)
+def probe_run(
+    run_dir: str | Path,
+    step: int | None = None,
+    *,
+    top_k: int = 3,
+    batch_size: int | None = None,
+    trace_matvecs: int = 30,
+    density: bool = False,
+    ggn: bool = False,
+    tol: float = 1e-4,
+    seed: int = 0,
+) -> dict[str, Any]:
+    """:func:`measure` on probe batch 0 of a stored run at ``step`` (default: the latest checkpoint), with the
+    run's optimizer state where it is stored (the preconditioned sharpness needs it). The density comes as
+    ``{"grid": ..., "p": ...}``. Bad arguments raise :class:`ConfigError` naming the argument (``field="top_k"``)."""
+    if top_k < 1:
+        raise ConfigError(f"expected a positive integer, got {top_k}", field="top_k")
+    if trace_matvecs < 6 or trace_matvecs % 3:
+        raise ConfigError(f"expected a multiple of 3 of at least 6, got {trace_matvecs}", field="trace_matvecs")
+    run = load_run(run_dir, step)
+    ctx = ProbeContext.of_run(run, batch_size)
     with torch.random.fork_rng(devices=[]):
         try:
             res = measure(
@@ -362,16 +352,16 @@ def _cmd_probe_curvature(args: argparse.Namespace) -> int:
                 optimizer=run.optimizer if run.has_optimizer_state else None,
                 lr=ctx.lr,
                 train_cfg=run.cfg.train,
-                top_k=args.top_k,
-                trace_matvecs=args.trace_matvecs,
-                density=args.density,
-                ggn=args.ggn,
-                tol=args.tol,
-                seed=args.seed,
+                top_k=top_k,
+                trace_matvecs=trace_matvecs,
+                density=density,
+                ggn=ggn,
+                tol=tol,
+                seed=seed,
             )
         except ConfigError as e:
-            if e.field == "top_k":
-                raise ConfigError(str(e).removeprefix("top_k: "), field="--top-k", file=args.run_dir) from None
+            if e.field == "top_k":  # too large for this model: say which run
+                raise ConfigError(e.message, field="top_k", file=run_dir) from None
             raise
     res = {
         "run_dir": str(run.run_dir.path),
@@ -379,23 +369,11 @@ def _cmd_probe_curvature(args: argparse.Namespace) -> int:
         "params": int(sum(p.numel() for p in run.model.parameters())),
         **res,
     }
+    # The arrays last, after the scalars (as the command's JSON output has always listed them).
     res["eigenvalues"] = res.pop("eigenvalues")
     if "density" in res:
         grid, p = res.pop("density")
         res["density"] = {"grid": grid, "p": p}
     if "ggn_eigenvalues" in res:
         res["ggn_eigenvalues"] = res.pop("ggn_eigenvalues")
-    res = {
-        k: _jsonable(v) if not isinstance(v, dict) else {a: _jsonable(b) for a, b in v.items()} for k, v in res.items()
-    }
-    if args.json:
-        print(json.dumps(res))
-        return 0
-    print(f"{res['run_dir']} step {res['step']}: loss {res['loss']:.4f} on the probe batch")
-    print("top eigenvalues: " + ", ".join(f"{v:.4g}" for v in res["eigenvalues"]))
-    print(f"trace {res['trace']:.4g} ± {res['trace_stderr']:.2g} (Hutch++, 1 s.e.)")
-    for k in ("precond_sharpness", "threshold_gd", "threshold_momentum", "threshold_adam", "eos_ratio"):
-        if res.get(k) is not None:
-            print(f"{k}: {res[k]:.4g}")
-    print(f"{int(res['hvps'])} Hessian-vector products in {res['seconds']:.1f} s")
-    return 0
+    return res

@@ -21,19 +21,18 @@ item, sits on before the induction head forms (Reddy 2023, sec. 3).
 
 from __future__ import annotations
 
-import argparse
-import json
 import math
-import sys
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
-from ..config import ConfigError
-from . import ProbeContext, register, requires_data_kind
+from ..errors import ConfigError
+from ..offline import check_batch_options, load_run
+from .registry import ProbeContext, register, requires_data_kind
 
-__all__ = ["add_probe_command", "fewshot_metrics", "probe_run"]
+__all__ = ["fewshot_metrics", "probe_run"]
 
 _MODES = ("icl", "iwl", "train")
 
@@ -143,19 +142,17 @@ def make(n_batches: int = 2) -> Any:
 
 
 # --------------------------------------------------------------------------------------------------
-# Offline: ``scalescope probe fewshot RUN_DIR [--step S] --json``.
+# Offline, on a stored run (``scalescope probe fewshot``).
 
 
 def probe_run(
-    run_dir: str, step: int | None = None, *, n_batches: int = 4, batch_size: int | None = None
+    run_dir: str | Path, step: int | None = None, *, n_batches: int = 4, batch_size: int | None = None
 ) -> dict[str, Any]:
     """The fewshot metrics of a stored run at ``step`` (default: the latest checkpoint)."""
-    from .offline import check_batch_options, load_run
-
     check_batch_options(n_batches, batch_size)
     run = load_run(run_dir, step, attention=None)
     _check_source(run.source, field="data.kind")
-    ctx = run.context(batch_size)
+    ctx = ProbeContext.of_run(run, batch_size)
     with torch.random.fork_rng(devices=[]):
         m = fewshot_metrics(
             run.model,
@@ -172,38 +169,3 @@ def probe_run(
         "source": run.source.describe(),
         **m,
     }
-
-
-def _cmd(args: argparse.Namespace) -> int:
-    r = probe_run(args.run_dir, args.step, n_batches=args.n_batches, batch_size=args.batch_size)
-    if args.json:
-        print(json.dumps(r, indent=1))
-        return 0
-    w = sys.stdout.write
-    src = r["source"]
-    w(
-        f"run {r['run_dir']} at step {r['step']}: K = {src['n_classes']} classes, L = {src['n_labels']} labels, "
-        f"B = {src['burstiness']}, {r['sequences']} sequences per set\n"
-    )
-    w(f"  {'set':12s}{'accuracy':>10s}{'log p':>10s}{'reference':>12s}\n")
-    refs = {"icl": r["icl/nearest_item_accuracy"], "iwl": r["iwl/nearest_centre_accuracy"]}
-    for name in ("icl", "iwl", "train_dist", "chance"):
-        ref = f"{refs[name]:12.3f}" if name in refs else ""
-        w(f"  {name:12s}{r[name + '/accuracy']:10.3f}{r[name + '/logp']:10.3f}{ref}\n")
-    w(
-        f"  (reference: icl = nearest context item, iwl = nearest true class centre; a uniform guess among the "
-        f"context's labels scores {r['icl/context_label_accuracy']:.3f} on icl)\n"
-    )
-    return 0
-
-
-def add_probe_command(subparsers: Any) -> None:
-    """``probe fewshot``: in-context vs in-weights accuracy and log-probability (Chan et al. 2022)."""
-    from ..probe_cli import add_common
-
-    p = subparsers.add_parser(
-        "fewshot",
-        help="ICL vs IWL accuracy and log-prob on bursty few-shot classification (Chan et al. 2022; Reddy 2023)",
-    )
-    add_common(p, batches_of="sequences")
-    p.set_defaults(fn=_cmd)

@@ -23,8 +23,8 @@ from __future__ import annotations
 
 import contextlib
 import copy
-from collections.abc import Callable, Iterator
-from typing import Literal
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -42,7 +42,8 @@ def math_attention(model: nn.Module) -> Iterator[None]:
     SDPA has no double backward; the math path computes the same function with the same weights, so a
     model trained with SDPA can be probed this way and restored afterwards.
     """
-    attns = [m for m in model.modules() if hasattr(m, "math") and hasattr(m, "record_pattern")]
+    # Any: the attention modules are recognized by their attributes, not their class.
+    attns: list[Any] = [m for m in model.modules() if hasattr(m, "math") and hasattr(m, "record_pattern")]
     saved = [a.math for a in attns]
     for a in attns:
         a.math = True
@@ -163,11 +164,13 @@ class Objective:
         detached = [p.detach() for p in self.params]
         g = torch.func.grad(one)
         if mask is None:
-            f = torch.func.vmap(lambda x, y: g(detached, x, y, None), chunk_size=chunk_size)
-            grads = f(self.inputs, self.targets)
+            grads = torch.func.vmap(lambda x, y: g(detached, x, y, None), chunk_size=chunk_size)(
+                self.inputs, self.targets
+            )
         else:
-            f = torch.func.vmap(lambda x, y, m: g(detached, x, y, m), chunk_size=chunk_size)
-            grads = f(self.inputs, self.targets, mask)
+            grads = torch.func.vmap(lambda x, y, m: g(detached, x, y, m), chunk_size=chunk_size)(
+                self.inputs, self.targets, mask
+            )
         return self.flatten(grads, batched=True).T.contiguous()
 
 
@@ -258,7 +261,7 @@ class GGNOperator(Operator):
         primals = tuple(p.detach() for p in o.params)
         for j in range(V.shape[1]):
             tangents = tuple(o.unflatten(V[:, j].contiguous()))
-            _, jv = torch.func.jvp(lambda *ps: o.outputs(list(ps)), primals, tangents)
+            jv = torch.func.jvp(lambda *ps: o.outputs(list(ps)), primals, tangents)[1]
             hjv = torch.autograd.grad(self._gz, self._z, jv, retain_graph=True)[0]
             cols.append(o.flatten(torch.autograd.grad(self.out, o.params, hjv, retain_graph=True)))
         return torch.stack(cols, dim=1)
@@ -276,7 +279,7 @@ class PreconditionedOperator(Operator):
         return self.d * self.base.matmat(self.d * V)
 
 
-def adam_preconditioner(optimizer: torch.optim.Optimizer, params: list[torch.Tensor]) -> torch.Tensor | None:
+def adam_preconditioner(optimizer: torch.optim.Optimizer, params: Sequence[torch.Tensor]) -> torch.Tensor | None:
     """Adam's current diagonal preconditioner P = √v̂ + ε, v̂ = v / (1 − β₂ᵗ), flattened in ``params``
     order (Kingma & Ba 2015, alg. 1; the P of Cohen et al. 2022's preconditioned sharpness λ₁(P⁻¹H)).
 

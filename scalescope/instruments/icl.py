@@ -17,19 +17,18 @@ distribution the model learns. A source that knows its ideal loss per position
 
 from __future__ import annotations
 
-import argparse
-import json
-import sys
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..config import ConfigError
-from . import ProbeContext, check_token_input, register
+from ..errors import ConfigError
+from ..offline import check_batch_options, load_run
+from .registry import ProbeContext, check_token_input, register
 
-__all__ = ["add_probe_command", "icl_curves", "icl_summary", "probe_run", "resolve_positions"]
+__all__ = ["icl_curves", "icl_summary", "probe_run", "resolve_positions"]
 
 # Probe-stream indices of the ICL batches: away from the small indices other instruments use.
 _ICL_STREAM = 1 << 29
@@ -155,11 +154,11 @@ def make_icl(early: int | None = None, late: int | None = None, n_batches: int =
 
 
 # --------------------------------------------------------------------------------------------------
-# Offline: ``scalescope probe icl RUN_DIR [--step S] --json``.
+# Offline, on a stored run (``scalescope probe icl``).
 
 
 def probe_run(
-    run_dir: str,
+    run_dir: str | Path,
     step: int | None = None,
     *,
     early: int | None = None,
@@ -167,14 +166,13 @@ def probe_run(
     n_batches: int = 4,
     batch_size: int | None = None,
 ) -> dict[str, Any]:
-    """The ICL score and loss/accuracy against position of a stored run at ``step`` (default: latest)."""
-    from .offline import check_batch_options, load_run
-
+    """The ICL score and loss/accuracy against position of a stored run at ``step`` (default: latest). Bad
+    arguments raise :class:`ConfigError` naming the argument (``field="early"``)."""
     check_batch_options(n_batches, batch_size)
     run = load_run(run_dir, step, attention=None)
     T = run.cfg.model.seq_len
-    e, la = resolve_positions(T, early, late, field="--early" if early is not None else "--late")
-    ctx = run.context(batch_size)
+    e, la = resolve_positions(T, early, late, field="early" if early is not None else "late")
+    ctx = ProbeContext.of_run(run, batch_size)
     with torch.random.fork_rng(devices=[]):
         curves = icl_curves(run.model, [ctx.probe_batch(_ICL_STREAM + i) for i in range(n_batches)])
     ideal = _ideal(run.source, T)
@@ -190,36 +188,3 @@ def probe_run(
     if ideal is not None:
         out["ideal_loss_by_position"] = ideal.tolist()
     return out
-
-
-def _cmd(args: argparse.Namespace) -> int:
-    r = probe_run(
-        args.run_dir, args.step, early=args.early, late=args.late, n_batches=args.n_batches, batch_size=args.batch_size
-    )
-    if args.json:
-        print(json.dumps(r, indent=1))
-        return 0
-    w = sys.stdout.write
-    w(f"run {r['run_dir']} at step {r['step']}: {r['sequences']} sequences of {r['seq_len']} tokens\n")
-    w(
-        f"  ICL score (loss at {r['late']} - loss at {r['early']}) = {r['score']:.4f} nats "
-        f"({r['loss_late']:.4f} - {r['loss_early']:.4f})\n"
-    )
-    w(
-        f"  accuracy at {r['late']} - at {r['early']} = {r['accuracy_score']:.4f} "
-        f"({r['accuracy_late']:.4f} - {r['accuracy_early']:.4f})\n"
-    )
-    if "ideal_score" in r:
-        w(f"  ideal score {r['ideal_score']:.4f}\n")
-    return 0
-
-
-def add_probe_command(subparsers: Any) -> None:
-    """``probe icl``: the in-context learning score and loss against position (see :func:`probe_run`)."""
-    from ..probe_cli import add_common
-
-    p = subparsers.add_parser("icl", help="in-context learning score and loss against position (Olsson et al. 2022)")
-    add_common(p, batches_of="sequences")
-    p.add_argument("--early", type=int, default=None, help="early input position (default seq_len // 10)")
-    p.add_argument("--late", type=int, default=None, help="late input position (default seq_len - 1)")
-    p.set_defaults(fn=_cmd)

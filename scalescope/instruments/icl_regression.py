@@ -4,7 +4,7 @@ the model and for every exact baseline (Garg et al. 2022, fig. 2; Raventós et a
 For a prompt with k in-context pairs (x_1, y_1) .. (x_k, y_k) and a query x_{k+1}, the normalized error is
 (ŷ − y_{k+1})² / d, averaged over prompts; E[y²] = d for w, x ~ N(0, I_d), so predicting 0 scores 1
 (plus noise_std² / d). One sequence of the probe stream gives every k = 0 .. K−1 at once (the model predicts
-y_{k+1} at the position of x_{k+1}). The baselines (``scalescope.baselines``) see exactly the same prompts:
+y_{k+1} at the position of x_{k+1}). The baselines (``scalescope.data.regression``) see exactly the same prompts:
 min-norm least squares, ridge (the Bayes-optimal posterior mean for a fresh Gaussian w), the posterior mean
 over the source's finite task pool (when it has one), 3-nearest-neighbours and averaging.
 
@@ -20,19 +20,18 @@ shows where the crossover lies.
 
 from __future__ import annotations
 
-import argparse
-import json
-import sys
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
-from ..baselines import BASELINES
-from ..config import ConfigError
-from . import ProbeContext, register, requires_data_kind
+from ..data.regression import BASELINES
+from ..errors import ConfigError
+from ..offline import check_batch_options, load_run
+from .registry import ProbeContext, register, requires_data_kind
 
-__all__ = ["add_probe_command", "error_by_k", "probe_run"]
+__all__ = ["error_by_k", "probe_run"]
 
 # Probe-stream indices of these batches: away from the small indices other instruments use.
 _STREAM = 1 << 28
@@ -134,19 +133,17 @@ def make(n_batches: int = 2, baselines: list[str] | None = None) -> Any:
 
 
 # --------------------------------------------------------------------------------------------------
-# Offline: ``scalescope probe icl-regression RUN_DIR [--step S] --json``.
+# Offline, on a stored run (``scalescope probe icl-regression``).
 
 
 def probe_run(
-    run_dir: str, step: int | None = None, *, n_batches: int = 4, batch_size: int | None = None
+    run_dir: str | Path, step: int | None = None, *, n_batches: int = 4, batch_size: int | None = None
 ) -> dict[str, Any]:
     """Error against k for the model of a stored run at ``step`` (default: latest) and every baseline."""
-    from .offline import check_batch_options, load_run
-
     check_batch_options(n_batches, batch_size)
     run = load_run(run_dir, step, attention=None)
     _check_source(run.source)
-    ctx = run.context(batch_size)
+    ctx = ProbeContext.of_run(run, batch_size)
     with torch.random.fork_rng(devices=[]):
         m = _measure(
             run.model,
@@ -156,12 +153,13 @@ def probe_run(
             batch_size=ctx.batch_size,
             device=run.device,
         )
+    src: Any = run.source  # a LinearRegressionSource (checked above)
     out: dict[str, Any] = {
         "run_dir": str(run.run_dir.path),
         "step": run.step,
-        "dim": run.source.dim,
-        "noise_std": run.source.noise_std,
-        "task_pool": None if run.source.pool is None else len(run.source.pool),
+        "dim": src.dim,
+        "noise_std": src.noise_std,
+        "task_pool": None if src.pool is None else len(src.pool),
         "sequences": n_batches * ctx.batch_size,
     }
     out.update({k: v for k, v in m.items() if "error_by_k/" not in k})
@@ -170,35 +168,3 @@ def probe_run(
         if curves:
             out[prefix.replace("/", "_") + "error_by_k"] = {n: [float(x) for x in c] for n, c in curves.items()}
     return out
-
-
-def _cmd(args: argparse.Namespace) -> int:
-    r = probe_run(args.run_dir, args.step, n_batches=args.n_batches, batch_size=args.batch_size)
-    if args.json:
-        print(json.dumps(r, indent=1))
-        return 0
-    w = sys.stdout.write
-    w(f"run {r['run_dir']} at step {r['step']}: d = {r['dim']}, {r['sequences']} prompts\n")
-    for key, title in [
-        ("error_by_k", "tasks of the training distribution"),
-        ("fresh_error_by_k", "fresh tasks w ~ N(0, I), outside the pool"),
-    ]:
-        if key not in r:
-            continue
-        curves = r[key]
-        w(f"normalized error against k, {title}:\n")
-        w("  k  " + "".join(f"{n:>15}" for n in curves) + "\n")
-        for k in range(len(curves["model"])):
-            w(f"{k:3d}  " + "".join(f"{curves[n][k]:15.4f}" for n in curves) + "\n")
-    return 0
-
-
-def add_probe_command(subparsers: Any) -> None:
-    """``probe icl-regression``: normalized error against in-context examples, model and baselines."""
-    from ..probe_cli import add_common
-
-    p = subparsers.add_parser(
-        "icl-regression", help="in-context regression error against k, beside exact baselines (Garg et al. 2022)"
-    )
-    add_common(p, batches_of="prompts")
-    p.set_defaults(fn=_cmd)

@@ -26,24 +26,22 @@ occurrence of the span (chance: 1/V and -log V).
 
 from __future__ import annotations
 
-import argparse
 import contextlib
-import json
 import math
-import sys
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..config import ConfigError
-from . import ProbeContext, check_token_input, register
+from ..errors import ConfigError
+from ..offline import load_run
+from .registry import ProbeContext, check_token_input, register
 
 __all__ = [
     "RepeatedProbe",
-    "add_probe_command",
     "attention_modules",
     "forward_with_patterns",
     "induction_scores",
@@ -54,10 +52,11 @@ __all__ = [
 MAX_HEAD_METRICS = 64
 
 
-def attention_modules(model: torch.nn.Module, name: str = "induction") -> list[torch.nn.Module]:
-    """The attention modules, in layer order, that can record their patterns (``record_pattern``)."""
+def attention_modules(model: torch.nn.Module, name: str = "induction") -> list[Any]:
+    """The attention modules, in layer order, that can record their patterns (``record_pattern``). Typed
+    ``Any``: what they offer (``record_pattern``, ``last_pattern``) is checked here, not by their class."""
     blocks = getattr(model, "blocks", None)
-    attns = [getattr(b, "attn", None) for b in blocks] if blocks is not None else []
+    attns: list[Any] = [getattr(b, "attn", None) for b in blocks] if blocks is not None else []
     if not attns or not all(hasattr(a, "record_pattern") for a in attns):
         raise ConfigError(
             "the model exposes no attention patterns (needs blocks[i].attn.record_pattern)", field=f"instruments.{name}"
@@ -66,7 +65,7 @@ def attention_modules(model: torch.nn.Module, name: str = "induction") -> list[t
 
 
 @contextlib.contextmanager
-def _recording(attns: list[torch.nn.Module]) -> Iterator[None]:
+def _recording(attns: list[Any]) -> Iterator[None]:
     for a in attns:
         a.record_pattern = True
     try:
@@ -233,15 +232,14 @@ def make_induction(n_sequences: int = 64, seed: int = 0, per_head: bool = True):
 
 
 # --------------------------------------------------------------------------------------------------
-# Offline: ``scalescope probe induction RUN_DIR [--step S] --json``.
+# Offline, on a stored run (``scalescope probe induction``).
 
 
-def probe_run(run_dir: str, step: int | None = None, *, n_sequences: int = 64, seed: int = 0) -> dict[str, Any]:
-    """Every head's scores and the copying metrics of a stored run at ``step`` (default: latest)."""
-    from .offline import load_run
-
+def probe_run(run_dir: str | Path, step: int | None = None, *, n_sequences: int = 64, seed: int = 0) -> dict[str, Any]:
+    """Every head's scores and the copying metrics of a stored run at ``step`` (default: latest). Bad
+    arguments raise :class:`ConfigError` naming the argument (``field="n_sequences"``)."""
     if n_sequences < 1:
-        raise ConfigError(f"expected a positive integer, got {n_sequences}", field="--n-sequences")
+        raise ConfigError(f"expected a positive integer, got {n_sequences}", field="n_sequences")
     run = load_run(run_dir, step)
     check_token_input(run.cfg, "induction")
     probe = RepeatedProbe(_vocab(run.source), run.cfg.model.seq_len, n_sequences, seed)
@@ -268,38 +266,3 @@ def probe_run(run_dir: str, step: int | None = None, *, n_sequences: int = 64, s
             for k in ("copy_accuracy", "copy_logprob", "random_accuracy", "random_logprob", "chance_logprob")
         },
     }
-
-
-def _cmd(args: argparse.Namespace) -> int:
-    r = probe_run(args.run_dir, args.step, n_sequences=args.n_sequences, seed=args.seed)
-    if args.json:
-        print(json.dumps(r, indent=1))
-        return 0
-    w = sys.stdout.write
-    w(f"run {r['run_dir']} at step {r['step']}: {r['n_sequences']} repeated random sequences\n")
-    w("layer head  prefix-matching  previous-token  duplicate-token\n")
-    for li in range(r["n_layer"]):
-        for hi in range(r["n_head"]):
-            w(
-                f"{li:5d} {hi:4d}  {r['prefix_matching'][li][hi]:15.3f}  {r['previous_token'][li][hi]:14.3f}  "
-                f"{r['duplicate_token'][li][hi]:15.3f}\n"
-            )
-    w(
-        f"copying: accuracy {r['copy_accuracy']:.3f} (random tokens {r['random_accuracy']:.3f}), "
-        f"log-prob {r['copy_logprob']:.3f} (random tokens {r['random_logprob']:.3f}, chance "
-        f"{r['chance_logprob']:.3f})\n"
-    )
-    return 0
-
-
-def add_probe_command(subparsers: Any) -> None:
-    """``probe induction``: every head's induction scores (see :func:`probe_run`)."""
-    from ..probe_cli import add_common
-
-    p = subparsers.add_parser(
-        "induction", help="per-head prefix-matching and previous-token scores, copying (Olsson et al. 2022)"
-    )
-    add_common(p)
-    p.add_argument("--n-sequences", type=int, default=64, help="repeated random sequences (default 64)")
-    p.add_argument("--seed", type=int, default=0, help="seed of the probe sequences (default 0)")
-    p.set_defaults(fn=_cmd)

@@ -36,10 +36,7 @@ and never written to ``.grad``. Standard errors are jackknife (leave one micro-b
 
 from __future__ import annotations
 
-import argparse
-import json
 import math
-import sys
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
@@ -47,15 +44,15 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..config import ConfigError
 from ..data.base import Batch
-from . import ProbeContext, register
+from ..errors import ConfigError
+from ..offline import load_run
 from .hvp import math_attention
+from .registry import ProbeContext, register
 
 __all__ = [
     "NoiseScaleEMA",
     "NoiseScaleEstimate",
-    "add_probe_command",
     "ema_ratio",
     "estimate_noise_scale",
     "moment_estimates",
@@ -169,7 +166,7 @@ def _unflat(v: torch.Tensor, params: Sequence[torch.Tensor]) -> list[torch.Tenso
 
 
 def _loss(model: torch.nn.Module, b: Batch) -> torch.Tensor:
-    return model.loss(b.inputs, b.targets, b.loss_mask)
+    return model.loss(b.inputs, b.targets, b.loss_mask)  # type: ignore[operator]  # a GPT method, not nn.Module's
 
 
 def _split(batch: Batch, n: int) -> list[Batch]:
@@ -411,7 +408,7 @@ def make_noise_scale(
 
 
 # --------------------------------------------------------------------------------------------------
-# Offline: ``scalescope probe noise-scale RUN_DIR [--step S] --json``.
+# Offline, on a stored run (``scalescope probe noise-scale``).
 
 
 def probe_run(
@@ -423,16 +420,15 @@ def probe_run(
     hessian: bool = True,
     hessian_batch_size: int | None = None,
 ) -> dict[str, Any]:
-    """B_simple, B_noise, |G|², tr(Σ) (and more) of a stored run at ``step`` (default: latest checkpoint)."""
-    from .offline import load_run
-
+    """B_simple, B_noise, |G|², tr(Σ) (and more) of a stored run at ``step`` (default: latest checkpoint).
+    Bad arguments raise :class:`ConfigError` naming the argument (``field="n_micro"``)."""
     if n_micro < 2:
-        raise ConfigError(f"expected an integer >= 2, got {n_micro}", field="--n-micro")
-    for v, flag in ((micro_batch_size, "--micro-batch-size"), (hessian_batch_size, "--hessian-batch-size")):
+        raise ConfigError(f"expected an integer >= 2, got {n_micro}", field="n_micro")
+    for v, name in ((micro_batch_size, "micro_batch_size"), (hessian_batch_size, "hessian_batch_size")):
         if v is not None and v < 1:
-            raise ConfigError(f"expected a positive integer, got {v}", field=flag)
+            raise ConfigError(f"expected a positive integer, got {v}", field=name)
     run = load_run(run_dir, step)
-    ctx = run.context()
+    ctx = ProbeContext.of_run(run)
     micro = micro_batch_size or ctx.batch_size
     with torch.random.fork_rng(devices=[]):
         batch, hb = _batches(ctx, n_micro, micro, hessian_batch_size or micro * n_micro, hessian, True)
@@ -447,54 +443,3 @@ def probe_run(
         "B_simple_tokens": est.B_simple * T,
         "B_noise_tokens": est.B_noise * T,
     }
-
-
-def _json_safe(d: dict[str, Any]) -> dict[str, Any]:
-    return {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in d.items()}
-
-
-def _cmd(args: argparse.Namespace) -> int:
-    r = probe_run(
-        args.run_dir,
-        args.step,
-        n_micro=args.n_micro,
-        micro_batch_size=args.micro_batch_size,
-        hessian=not args.no_hessian,
-        hessian_batch_size=args.hessian_batch_size,
-    )
-    if args.json:
-        print(json.dumps(_json_safe(r), indent=1))
-        return 0
-    w = sys.stdout.write
-    w(f"run {r['run_dir']} at step {r['step']}: {r['n_micro']:.0f} micro-batches of {r['b_small']:.0f} sequences\n")
-    w(
-        f"  |G|^2    = {r['G2']:.4g} ± {r['G2_stderr']:.2g}\n  tr(Sigma) = {r['trace_sigma']:.4g} ± "
-        f"{r['trace_sigma_stderr']:.2g}\n"
-    )
-    w(f"  B_simple = {r['B_simple']:.4g} ± {r['B_simple_stderr']:.2g} sequences ({r['B_simple_tokens']:.4g} tokens)\n")
-    if not args.no_hessian:
-        w(f"  B_noise  = {r['B_noise']:.4g} ± {r['B_noise_stderr']:.2g} sequences ({r['B_noise_tokens']:.4g} tokens)\n")
-    return 0
-
-
-def add_probe_command(subparsers: Any) -> None:
-    """``probe noise-scale``: B_simple and B_noise of a stored run (see :func:`probe_run`)."""
-    from ..probe_cli import add_common
-
-    p = subparsers.add_parser("noise-scale", help="gradient noise scale B_simple and B_noise (McCandlish et al. 2018)")
-    add_common(p)
-    p.add_argument("--n-micro", type=int, default=16, help="micro-batches (default 16)")
-    p.add_argument(
-        "--micro-batch-size",
-        type=int,
-        default=None,
-        help="sequences per micro-batch (default: the run's micro-batch or batch size)",
-    )
-    p.add_argument(
-        "--hessian-batch-size",
-        type=int,
-        default=None,
-        help="sequences in the batch whose Hessian B_noise uses (default: all micro-batches together)",
-    )
-    p.add_argument("--no-hessian", action="store_true", help="skip B_noise (no Hessian-vector products)")
-    p.set_defaults(fn=_cmd)

@@ -22,22 +22,20 @@ between the two k that bracket it (NaN when it never does within the context), a
 
 from __future__ import annotations
 
-import argparse
-import json
 import math
-import sys
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..config import ConfigError
-from . import ProbeContext, register, requires_data_kind
+from ..errors import ConfigError
+from ..offline import check_batch_options, load_run
+from .registry import ProbeContext, register, requires_data_kind
 
 __all__ = [
     "DEFAULT_TARGET",
-    "add_probe_command",
     "demos_needed",
     "probe_run",
     "reference_prompts",
@@ -153,18 +151,20 @@ def summary(curves: dict[str, np.ndarray], target: float, ks: list[int] | None =
     return out
 
 
-def _check_options(n_batches: Any, target: Any, field: str) -> None:
+def _check_options(n_batches: Any, target: Any, prefix: str = "") -> None:
+    """``prefix``: what the field names of the errors start with (``"instruments.task_id."``; none for the
+    arguments of :func:`probe_run`)."""
     if not isinstance(n_batches, int) or n_batches < 1:
-        raise ConfigError(f"expected a positive integer, got {n_batches!r}", field=f"{field}.n_batches")
+        raise ConfigError(f"expected a positive integer, got {n_batches!r}", field=f"{prefix}n_batches")
     if not isinstance(target, (int, float)) or not 0 < target <= 1:
-        raise ConfigError(f"expected an accuracy in (0, 1], got {target!r}", field=f"{field}.target")
+        raise ConfigError(f"expected an accuracy in (0, 1], got {target!r}", field=f"{prefix}target")
 
 
 @register("task_id")
 def make(n_batches: int = 2, target: float = DEFAULT_TARGET, ks: list[int] | None = None) -> Any:
     """Task-identification curves (options: ``n_batches`` probe batches per set, ``target`` accuracy for
     demos_needed, ``ks`` the k's of the scalar summaries)."""
-    _check_options(n_batches, target, "instruments.task_id")
+    _check_options(n_batches, target, "instruments.task_id.")
 
     cache: dict[tuple, list[dict[str, Any]]] = {}  # the prompts and observers, made once per run
 
@@ -192,25 +192,24 @@ def make(n_batches: int = 2, target: float = DEFAULT_TARGET, ks: list[int] | Non
 
 
 # --------------------------------------------------------------------------------------------------
-# Offline: ``scalescope probe task-id RUN_DIR [--step S] --json``.
+# Offline, on a stored run (``scalescope probe task-id``).
 
 
 def probe_run(
-    run_dir: str,
+    run_dir: str | Path,
     step: int | None = None,
     *,
     n_batches: int = 4,
     batch_size: int | None = None,
     target: float = DEFAULT_TARGET,
 ) -> dict[str, Any]:
-    """Task-identification curves and summaries of a stored run's model at ``step`` (default: latest)."""
-    from .offline import check_batch_options, load_run
-
+    """Task-identification curves and summaries of a stored run's model at ``step`` (default: latest). Bad
+    arguments raise :class:`ConfigError` naming the argument (``field="target"``)."""
     check_batch_options(n_batches, batch_size)
-    _check_options(n_batches, target, "--target")
+    _check_options(n_batches, target)
     run = load_run(run_dir, step, attention=None)
-    _check_source(run.source, field="probe task-id")
-    ctx = run.context(batch_size)
+    _check_source(run.source, field="data.kind")
+    ctx = ProbeContext.of_run(run, batch_size)
     with torch.random.fork_rng(devices=[]):
         curves = task_id_curves(
             run.model,
@@ -220,7 +219,7 @@ def probe_run(
             batch_size=ctx.batch_size,
             device=run.device,
         )
-    src = run.source
+    src: Any = run.source  # a DiscreteTasksSource (checked above)
     return {
         "run_dir": str(run.run_dir.path),
         "step": run.step,
@@ -231,45 +230,3 @@ def probe_run(
         **{k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in summary(curves, target).items()},
         "curves": {k: [float(x) for x in c] for k, c in curves.items()},
     }
-
-
-def _cmd(args: argparse.Namespace) -> int:
-    r = probe_run(args.run_dir, args.step, n_batches=args.n_batches, batch_size=args.batch_size, target=args.target)
-    if args.json:
-        print(json.dumps(r, indent=1))
-        return 0
-    w = sys.stdout.write
-    w(
-        f"run {r['run_dir']} at step {r['step']}: K = {r['n_tasks']} tasks, {r['n_inputs']} inputs -> "
-        f"{r['n_outputs']} outputs, {r['prompts_per_set']} prompts per set\n"
-    )
-    names = [k for k in r["curves"] if "/acc_by_k/" in k]
-    w("accuracy\n  k  " + "".join(f"{n.replace('/acc_by_k', ''):>15}" for n in names) + "\n")
-    for k in range(len(r["curves"][names[0]])):
-        w(f"{k:3d}  " + "".join(f"{r['curves'][n][k]:15.3f}" for n in names) + "\n")
-    for n in names:
-        key = n.replace("acc_by_k", "demos_needed")
-        v = r.get(key)
-        w(
-            f"demos to reach accuracy {r['target']:g}, {n.replace('/acc_by_k', '')}: "
-            f"{'not reached' if v is None else f'{v:.2f}'}\n"
-        )
-    return 0
-
-
-def add_probe_command(subparsers: Any) -> None:
-    """``probe task-id``: accuracy against demonstrations on seen and unseen tasks, beside ideal observers."""
-    from ..probe_cli import add_common
-
-    p = subparsers.add_parser(
-        "task-id",
-        help="task-identification accuracy against the number of demonstrations, beside the exact ideal observers",
-    )
-    add_common(p, batches_of="prompts")
-    p.add_argument(
-        "--target",
-        type=float,
-        default=DEFAULT_TARGET,
-        help=f"accuracy for 'demonstrations needed' (default {DEFAULT_TARGET})",
-    )
-    p.set_defaults(fn=_cmd)
