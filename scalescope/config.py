@@ -54,7 +54,7 @@ class SourceConfig:
 
     def to_dict(self) -> dict[str, Any]:
         """The serialized table: v0.1's flat layout (see LEGACY_DATA_DEFAULTS) overlaid with this source's fields."""
-        return {**LEGACY_DATA_DEFAULTS, "kind": self.kind, **dataclasses.asdict(self)}  # type: ignore[call-overload]
+        return {**LEGACY_DATA_DEFAULTS, "kind": self.kind, **dataclasses.asdict(self)}
 
 
 SOURCE_CONFIGS: dict[str, type[SourceConfig]] = {}
@@ -89,6 +89,7 @@ LEGACY_DATA_DEFAULTS: dict[str, Any] = {
     "n_outputs": None, "n_classes": None, "n_labels": None, "item_dim": None, "context_pairs": None,
     "within_class_noise": None, "zipf_exponent": None, "burstiness": None, "p_bursty": None,
 }  # fmt: skip
+
 
 @dataclass
 class ModelConfig:
@@ -235,7 +236,9 @@ def unknown_key(key: str, valid: list[str], path: str, file: str | None) -> Conf
     return ConfigError(f"unknown key{hint}", file=file, field=path)
 
 
-def _build(cls: type, raw: Any, prefix: str, file: str | None, *, skip: Callable[[str, Any], bool] | None = None) -> Any:
+def _build(
+    cls: type, raw: Any, prefix: str, file: str | None, *, skip: Callable[[str, Any], bool] | None = None
+) -> Any:
     if not isinstance(raw, dict):
         raise ConfigError(f"expected a table, got {raw!r}", file=file, field=prefix)
     hints = typing.get_type_hints(cls)
@@ -250,7 +253,7 @@ def _build(cls: type, raw: Any, prefix: str, file: str | None, *, skip: Callable
         tp = hints[key]
         if key == "data" and cls is RunConfig:
             kwargs[key] = _build_data(value, file)
-        elif dataclasses.is_dataclass(tp):
+        elif isinstance(tp, type) and dataclasses.is_dataclass(tp):
             kwargs[key] = _build(tp, value, path, file)
         else:
             kwargs[key] = _coerce(value, tp, path, file)
@@ -366,10 +369,28 @@ def to_dict(cfg: RunConfig) -> dict[str, Any]:
 HASH_OMIT_IF_DEFAULT: dict[str, dict[str, Any]] = {
     "data": {
         k: LEGACY_DATA_DEFAULTS[k]
-        for k in ("span_min", "span_max", "n_triggers", "seq_len", "dim", "noise_std", "task_pool",
-                  "curriculum_steps", "n_tasks", "n_inputs", "n_outputs", "n_classes", "n_labels", "item_dim",
-                  "context_pairs", "within_class_noise", "zipf_exponent", "burstiness", "p_bursty")
-    },  # fmt: skip
+        for k in (
+            "span_min",
+            "span_max",
+            "n_triggers",
+            "seq_len",
+            "dim",
+            "noise_std",
+            "task_pool",
+            "curriculum_steps",
+            "n_tasks",
+            "n_inputs",
+            "n_outputs",
+            "n_classes",
+            "n_labels",
+            "item_dim",
+            "context_pairs",
+            "within_class_noise",
+            "zipf_exponent",
+            "burstiness",
+            "p_bursty",
+        )
+    },
     "model": {"positions": "learned", "input_dim": None},
 }
 

@@ -84,7 +84,7 @@ def expand(raw: dict[str, Any], file: str | None = None) -> list[C.RunConfig]:
             raise
     _check_instruments(runs, file)
     seen: dict[str, int] = {}
-    unique = []
+    unique: list[C.RunConfig] = []
     for cfg in runs:  # identical configs (e.g. a swept field that another overrides) run once
         rid = C.run_id(cfg)
         if rid not in seen:

@@ -37,7 +37,7 @@ def add_where(p: argparse.ArgumentParser) -> None:
         "--where",
         default=None,
         metavar="EXPR",
-        help="keep runs matching this SQL condition on the runs table, e.g. \"train.tokens >= 1e6\"",
+        help='keep runs matching this SQL condition on the runs table, e.g. "train.tokens >= 1e6"',
     )
 
 

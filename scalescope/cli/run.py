@@ -62,7 +62,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     return run_and_summarize(exp, Store(args.store), args.workers, quiet=args.quiet, threads=args.threads)
 
 
-def run_and_summarize(exp: Any, store: Any, workers: int | None, quiet: bool = False, threads: int | None = None) -> int:
+def run_and_summarize(
+    exp: Any, store: Any, workers: int | None, quiet: bool = False, threads: int | None = None
+) -> int:
     """Run the experiment with a progress line, then one summary line (and one line per failed run)."""
     from ..lab import run_experiment
 

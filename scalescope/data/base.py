@@ -70,7 +70,9 @@ class Source(Protocol):
 def check_support(vocab_size: int, support: int | None, file: str | None) -> None:
     """A chain or emission table allows ``support`` of ``vocab_size`` tokens per row (None: all of them)."""
     if support is not None and support > vocab_size:
-        raise ConfigError(f"support ({support}) cannot exceed vocab_size ({vocab_size})", file=file, field="data.support")
+        raise ConfigError(
+            f"support ({support}) cannot exceed vocab_size ({vocab_size})", file=file, field="data.support"
+        )
 
 
 def task_seq_len(seq_len: int | None, model_seq_len: int, file: str | None) -> int:

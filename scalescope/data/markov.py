@@ -333,9 +333,9 @@ class MarkovConfig(SourceConfig):
             )
 
     def build(self, stream_seed: int) -> MarkovSource:
-        return _language(self.vocab_size, self.order, self.support, float(self.concentration), self.seed).with_stream_seed(
-            stream_seed
-        )
+        return _language(
+            self.vocab_size, self.order, self.support, float(self.concentration), self.seed
+        ).with_stream_seed(stream_seed)
 
 
 # Building a language (tables, stationary distribution, entropy rate) is the expensive part and does not
