@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from scalescope import config as C
-from scalescope.critical_batch import critical_batch_analysis, steps_to_loss
+from scalescope.analyses.critical_batch import critical_batch_analysis, steps_to_loss
 from scalescope.store import Store
 
 B_STAR, ALPHA_B = 2000.0, 0.5
@@ -156,32 +156,34 @@ def test_unreachable_targets_are_reported_not_raised(tmp_path):
 
 
 def test_command_line(tmp_path, capsys):
-    from scalescope.critical_batch import add_critical_batch_parser
+    from scalescope.cli.critical_batch import add_parser
 
     store = _synthetic_store(tmp_path, noise_metrics=True)
     import argparse
 
     p = argparse.ArgumentParser()
-    add_critical_batch_parser(p.add_subparsers(dest="command"))
-    args = p.parse_args(["critical-batch", str(store.path), "--targets", "2.3,2.0,1.8", "--json", "--bootstrap", "50"])
+    add_parser(p.add_subparsers(dest="command"))
+    args = p.parse_args(
+        ["critical-batch", "--store", str(store.path), "--targets", "2.3,2.0,1.8", "--json", "--bootstrap", "50"]
+    )
     assert args.fn(args) == 0
     out = json.loads(capsys.readouterr().out)
     (g,) = out["groups"]
     assert [t["target"] for t in g["targets"]] == [2.3, 2.0, 1.8]
     assert g["targets"][1]["B_crit"] == pytest.approx(float(b_crit(2.0)), rel=0.01)
     assert g["law"]["alpha_B"] == pytest.approx(ALPHA_B, rel=0.03)
-    args = p.parse_args(["critical-batch", str(store.path), "--targets", "2.0"])
+    args = p.parse_args(["critical-batch", "--store", str(store.path), "--targets", "2.0"])
     assert args.fn(args) == 0
     assert "B_crit" in capsys.readouterr().out
-    bad = p.parse_args(["critical-batch", str(store.path), "--targets", "two"])
+    bad = p.parse_args(["critical-batch", "--store", str(store.path), "--targets", "two"])
     with pytest.raises(C.ConfigError, match="--targets"):
         bad.fn(bad)
     # Wired into the main command line, with its errors as one line and exit 2.
     from scalescope.cli import main
 
-    assert main(["critical-batch", str(store.path), "--targets", "2.0", "--bootstrap", "20", "--json"]) == 0
+    assert main(["critical-batch", "--store", str(store.path), "--targets", "2.0", "--bootstrap", "20", "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["groups"]
-    assert main(["critical-batch", str(store.path), "--targets", "two"]) == 2
+    assert main(["critical-batch", "--store", str(store.path), "--targets", "two"]) == 2
     assert capsys.readouterr().err.startswith("error: ")
 
 

@@ -1,5 +1,5 @@
 """``scalescope emergence``: per-run phase changes, transitions over scale with the metric-robustness test,
-and crossing forecasts recorded in the ledger and scored by ``scalescope forecast --score``, on stores
+and crossing forecasts recorded in the ledger and scored by ``scalescope forecast --store DIR --score``, on stores
 written by hand with a known answer (Schaeffer et al. 2023's model: a per-token loss falling as a power
 law, a discontinuous metric exp(-L·loss))."""
 
@@ -11,9 +11,8 @@ import numpy as np
 import pytest
 
 from scalescope import config as C
+from scalescope.analyses.emergence import analyze, capability, record_forecast
 from scalescope.cli import main as cli_main
-from scalescope.emergence.__main__ import main as module_main
-from scalescope.emergence.cli import analyze, capability, record_forecast
 from scalescope.store import Store, load
 
 # Ground truth of the synthetic capability: copy loss ℓ(N) = A·N^-α (so copy log-prob = -ℓ) and copy
@@ -103,7 +102,7 @@ def test_scale_analysis_finds_the_metric_artifact_and_json_shape(tmp_path, capsy
     st = scale_store(tmp_path / "s")
     # A pending run is left out of the analysis (only finished runs count).
     fake_run(st, 200, 5e6, {"induction/copy_accuracy": 0.0, "induction/copy_logprob": -9.0}, state="running")
-    assert cli_main(["emergence", str(st.path), "--json", "--bootstrap", "20"]) == 0
+    assert cli_main(["emergence", "--store", str(st.path), "--json", "--bootstrap", "20"]) == 0
     res = json.loads(capsys.readouterr().out)
     assert set(res) == {"store", "threshold", "runs", "scale", "steps", "forecasts"} and res["steps"] == []
     (entry,) = res["scale"]
@@ -165,6 +164,7 @@ def test_forecast_is_recorded_then_scored_by_the_ledger(tmp_path, capsys):
     n_true = (A / math.log(2)) ** 2
     argv = [
         "emergence",
+        "--store",
         str(st.path),
         "--forecast",
         "induction/copy_accuracy",
@@ -191,7 +191,7 @@ def test_forecast_is_recorded_then_scored_by_the_ledger(tmp_path, capsys):
     assert len(list((st.path / "forecasts").glob("*.json"))) == 1
     # Scored by the ledger's own command: the observed crossing interpolates between the runs bracketing
     # N* in log N, whose error at this spacing (0.27 decades, a curved exp(-ℓ)) is under 5%.
-    assert cli_main(["forecast", "--score", str(st.path), "--json"]) == 0
+    assert cli_main(["forecast", "--store", str(st.path), "--score", "--json"]) == 0
     (scored,) = json.loads(capsys.readouterr().out)
     s = scored["score"]
     assert s["observed"] == pytest.approx(n_true, rel=0.05)
@@ -200,19 +200,23 @@ def test_forecast_is_recorded_then_scored_by_the_ledger(tmp_path, capsys):
 
 def test_forecast_waits_for_larger_runs(tmp_path, capsys):
     st = scale_store(tmp_path / "s", ns=np.geomspace(100, 1000, 6), L=1)
-    assert cli_main(["emergence", str(st.path), "--forecast", "copy", "--threshold", "0.5", "--bootstrap", "20"]) == 0
+    assert (
+        cli_main(
+            ["emergence", "--store", str(st.path), "--forecast", "copy", "--threshold", "0.5", "--bootstrap", "20"]
+        )
+        == 0
+    )
     assert "reaches 0.5" in capsys.readouterr().out
-    assert cli_main(["forecast", "--score", str(st.path), "--json"]) == 0
+    assert cli_main(["forecast", "--store", str(st.path), "--score", "--json"]) == 0
     (rec,) = json.loads(capsys.readouterr().out)
     assert rec["score"] is None  # no run is larger than the largest fitted one
-    # The analysis lists the record, unscored; the text form (the module form is the same command) gives
-    # each capability's verdict and interval.
-    assert module_main([str(st.path), "--bootstrap", "5"]) == 0
+    # The analysis lists the record, unscored; the text form gives each capability's verdict and interval.
+    assert cli_main(["emergence", "--store", str(st.path), "--bootstrap", "5"]) == 0
     out = capsys.readouterr().out
     assert f"forecast {rec['id']}" in out and "not scored yet" in out
     assert "induction/copy_accuracy (continuous: induction/copy_logprob): " in out
     assert "x0 " in out and "decades" in out
-    assert cli_main(["emergence", str(st.path), "--bootstrap", "5", "--json"]) == 0
+    assert cli_main(["emergence", "--store", str(st.path), "--bootstrap", "5", "--json"]) == 0
     assert [r["id"] for r in json.loads(capsys.readouterr().out)["forecasts"]] == [rec["id"]]
 
 
@@ -229,18 +233,16 @@ def test_forecast_waits_for_larger_runs(tmp_path, capsys):
 )
 def test_bad_input_is_one_line_and_exit_2(tmp_path, capsys, argv, msg):
     st = scale_store(tmp_path / "s", ns=NS[:6], L=1)
-    assert cli_main(["emergence", str(st.path), *argv]) == 2
+    assert cli_main(["emergence", "--store", str(st.path), *argv]) == 2
     err = capsys.readouterr().err
     assert msg in err and err.count("\n") == 1, err
-    assert module_main([str(st.path), *argv]) == 2
-    assert msg in capsys.readouterr().err
 
 
 def test_missing_store_and_too_few_runs(tmp_path, capsys):
-    assert cli_main(["emergence", str(tmp_path / "nope")]) == 2
+    assert cli_main(["emergence", "--store", str(tmp_path / "nope")]) == 2
     assert "no such store" in capsys.readouterr().err
     st = scale_store(tmp_path / "s", ns=NS[:2])
-    assert cli_main(["emergence", str(st.path), "--json"]) == 0  # the analysis reports, it does not fail
+    assert cli_main(["emergence", "--store", str(st.path), "--json"]) == 0  # the analysis reports, it does not fail
     (entry,) = json.loads(capsys.readouterr().out)["scale"]
     assert "needs 6" in entry["capabilities"][0]["error"]
     assert len(load(st.path).runs) == 2
@@ -263,15 +265,15 @@ def test_phase_rows_from_step_series(tmp_path, capsys):
             "icl/score": list(zip(steps, icl, strict=True)),
         },
     )
-    assert cli_main(["emergence", str(st.path), "--json"]) == 0
+    assert cli_main(["emergence", "--store", str(st.path), "--json"]) == 0
     (row,) = json.loads(capsys.readouterr().out)["runs"]
     assert row["d_model"] == 32 and row["induction_transition_step"] == pytest.approx(50)
     assert row["icl_transition_step"] == pytest.approx(50) and row["transition_gap"] == pytest.approx(0)
     # prefix matching crosses 0.4 at 40 + 20·(0.3/0.7)
     assert row["induction_step"] == pytest.approx(40 + 20 * 0.3 / 0.7)
-    # The module form keeps its old --json shape: the list of rows.
-    assert module_main([str(st.path), "--json"]) == 0
-    assert json.loads(capsys.readouterr().out)[0]["id"] == row["id"]
+    # The per-run rows alone (what the removed ``python -m scalescope.emergence --json`` printed).
+    assert cli_main(["emergence", "--store", str(st.path), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["runs"][0]["id"] == row["id"]
     assert record_forecast  # imported for the API surface
 
 
@@ -303,7 +305,7 @@ def test_transitions_over_training_steps(tmp_path, capsys):
         state="running",
         series={"induction/copy_accuracy": [(int(k), 0.02) for k in steps[:4]]},
     )
-    assert cli_main(["emergence", str(st.path), "--steps", "--json", "--bootstrap", "20"]) == 0
+    assert cli_main(["emergence", "--store", str(st.path), "--steps", "--json", "--bootstrap", "20"]) == 0
     (entry,) = json.loads(capsys.readouterr().out)["steps"]
     assert entry["id"] == rid and entry["x"] == "step"
     (cap,) = entry["capabilities"]

@@ -9,19 +9,18 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from scalescope.emergence.transitions import (
-    SigmoidLaw,
+from scalescope.analyses.transitions import detect_transition, exact_match_link, metric_robustness
+from scalescope.errors import FitError, NotFittedError
+from scalescope.forecast.crossing import (
     crossing_record,
-    detect_transition,
-    exact_match_link,
     forecast_crossing,
-    metric_robustness,
+    implied_metric,
+    link_from_record,
     observed_crossing,
     record_crossing_forecast,
     score_crossing,
-    width_decades,
 )
-from scalescope.laws.base import FitError, NotFittedError
+from scalescope.laws.sigmoid import SigmoidLaw, width_decades
 
 X = np.geomspace(1e3, 1e10, 22)
 
@@ -177,7 +176,8 @@ def test_crossing_forecast_is_recorded_once_and_scored_when_larger_runs_exist(tm
     assert u["covered"] and u["rel_error"] is None
 
     # Through the ledger's own scorer (``scalescope forecast --score``), on a fake store's runs table.
-    from scalescope import forecast
+    from scalescope.cli.forecast import _print_scores
+    from scalescope.forecast import ledger
 
     runs = pd.DataFrame(
         {
@@ -191,17 +191,17 @@ def test_crossing_forecast_is_recorded_once_and_scored_when_larger_runs_exist(tm
             "flops": 1e12,
         }
     )
-    monkeypatch.setattr(forecast, "load", lambda store: types.SimpleNamespace(runs=runs))
-    recs = forecast.score_store(tmp_path)
+    monkeypatch.setattr(ledger, "load", lambda store: types.SimpleNamespace(runs=runs))
+    recs = ledger.score_store(tmp_path)
     assert recs[0]["score"]["covered"] and len(recs[0]["score"]["observed_runs"]) == XS.size
     on_disk = json.loads((tmp_path / "forecasts" / f"{rec['id']}.json").read_text())
     assert on_disk["score"]["observed"] == pytest.approx(s["observed"])
-    forecast._print_scores(recs)  # the ledger's table prints these records too
+    _print_scores(recs)  # the ledger's table prints these records too
 
 
 def test_command_line_across_scale(monkeypatch, capsys):
     import scalescope.store
-    from scalescope.emergence.__main__ import main
+    from scalescope.cli import main
 
     loss, acc = _artifact()
     runs = pd.DataFrame(
@@ -214,7 +214,34 @@ def test_command_line_across_scale(monkeypatch, capsys):
         }
     )
     monkeypatch.setattr(scalescope.store, "load", lambda store: types.SimpleNamespace(runs=runs))
-    assert main(["S", "--metric", "final_exact_match", "--continuous", "final_val_loss", "--bootstrap", "20"]) == 0
+    argv = ["emergence", "--store", "S", "--metric", "final_exact_match", "--continuous", "final_val_loss"]
+    assert main([*argv, "--bootstrap", "20"]) == 0
     assert capsys.readouterr().out.startswith("metric artifact:")
-    assert main(["S", "--metric", "final_accuracy"]) == 2
+    assert main(["emergence", "--store", "S", "--metric", "final_accuracy"]) == 2
     assert "no runs-table column(s) final_accuracy" in capsys.readouterr().err
+
+
+def test_a_crossing_record_rebuilds_its_link_and_curve():
+    # A record carries its link as data and its trend's parameters, so the forecast curve link(trend(x)) can
+    # be drawn without re-implementing either; records written before link_spec existed parse their text.
+    loss, _ = _artifact()
+    fc = forecast_crossing(XS, loss, 0.5, link=exact_match_link(L_TOKENS), fit_below=1e3, bootstrap=20, random_state=0)
+    spec = {"name": "exact_match", "n_tokens": L_TOKENS, "of": "loss", "sign": 1.0}
+    opts = dict(x_column="params_nonembedding", metric="final_exact_match", continuous_metric="final_val_loss")
+    rec = json.loads(json.dumps(crossing_record(fc, link=f"exp(-{L_TOKENS}·(val_loss))", link_spec=spec, **opts)))
+    assert rec["link_spec"] == spec and rec["trend_direction"] == "decreasing"
+    p = rec["trend_params"]
+    expected = np.exp(-L_TOKENS * (p["E"] + p["A"] * XS ** (-p["alpha"])))
+    np.testing.assert_allclose(link_from_record(rec)(loss), exact_match_link(L_TOKENS)(loss))
+    np.testing.assert_allclose(implied_metric(rec, XS), expected)
+    # The crossing of the rebuilt curve is the prediction (to the forecast's 4,001-point grid).
+    cross = XS[np.argmax(implied_metric(rec, XS) >= 0.5)]
+    assert fc.x_cross <= cross and implied_metric(rec, [fc.x_cross])[0] == pytest.approx(0.5, abs=1e-2)
+    # An old record: the link only as text (a log-probability twin: its sign inside), no trend direction.
+    old = {k: v for k, v in rec.items() if k not in ("link_spec", "trend_direction", "trend_bound")}
+    old["link"] = f"exp(-{L_TOKENS}·(-induction/copy_logprob))"
+    np.testing.assert_allclose(implied_metric(old, XS), expected)
+    assert link_from_record({**old, "link": "exact_match_10"}) is None  # a link the code never wrote
+    assert implied_metric({**old, "trend_params": {}}, XS) is None
+    # The new fields are not part of the id: the same forecast recorded before they existed keeps its id.
+    assert rec["id"] == crossing_record(fc, link=f"exp(-{L_TOKENS}·(val_loss))", **opts)["id"]

@@ -9,7 +9,7 @@ import textwrap
 
 import pytest
 
-from scalescope.emergence import phase_change
+from scalescope.analyses.phase_change import phase_change
 
 EXPERIMENT = """
 name = "induction-small"
@@ -85,13 +85,14 @@ def test_two_layers_form_an_induction_head_at_the_icl_phase_change_and_one_layer
     # The same numbers from the command line, for the whole store.
     import json
 
-    from scalescope.emergence.__main__ import main
+    from scalescope.cli import main
 
-    assert main([str(tmp_path / "store"), "--json"]) == 0
-    table = {r["n_layer"]: r for r in json.loads(capsys.readouterr().out)}
+    assert main(["emergence", "--store", str(tmp_path / "store"), "--json"]) == 0
+    table = {r["n_layer"]: r for r in json.loads(capsys.readouterr().out)["runs"]}
     assert table[2]["max_prefix_matching_final"] > 0.4 and table[1]["induction_step"] is None
-    assert main([str(tmp_path / "store")]) == 0 and "induction_step" in capsys.readouterr().out
-    assert main([str(tmp_path / "nope")]) == 2
+    assert main(["emergence", "--store", str(tmp_path / "store")]) == 0
+    assert "induction_step" in capsys.readouterr().out
+    assert main(["emergence", "--store", str(tmp_path / "nope")]) == 2
 
 
 @pytest.mark.slow

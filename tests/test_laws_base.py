@@ -128,3 +128,31 @@ def test_r2_and_rmsle_are_in_log_space() -> None:
     assert law.rmsle_ == pytest.approx(np.sqrt(np.mean(logres**2)), rel=1e-12)
     ly = np.log(Y1) + eps
     assert law.r2_ == pytest.approx(1 - np.sum(logres**2) / np.sum((ly - ly.mean()) ** 2), rel=1e-12)
+
+
+@pytest.mark.parametrize(
+    ("law", "X", "y"),
+    [
+        (PowerLaw(bootstrap=0), X1, Y1),
+        (SaturatingPowerLaw(bootstrap=0), X1, 1.5 + Y1),
+        (ChinchillaLaw(bootstrap=0, grid="coarse"), None, None),
+        (BrokenNeuralScalingLaw(n_breaks=1, bootstrap=0), X1, Y1 * (1 + (X1 / 1e7) ** 0.3)),
+        (laws.SigmoidLaw(bootstrap=0), X1, 0.1 + 0.8 / (1 + (X1 / 1e7) ** -2.0)),
+    ],
+)
+def test_from_params_rebuilds_the_fitted_law(law, X, y) -> None:
+    # What the report does with a stored fit: params -> from_params -> the same curve.
+    if X is None:
+        Ng, Dg = np.meshgrid(np.logspace(7, 9, 4), np.logspace(9, 11, 4))
+        X = np.column_stack([Ng.ravel(), Dg.ravel()])
+        y = laws.chinchilla_loss(X[:, 0], X[:, 1], E=1.7, A=400.0, B=410.0, alpha=0.34, beta=0.28)
+    law.fit(X, y)
+    options = {"n_breaks": law.n_breaks} if isinstance(law, BrokenNeuralScalingLaw) else {}
+    stored = {**law.summary(), "extra": "ignored"} if hasattr(law, "summary") else dict(law.params_)
+    rebuilt = type(law).from_params(stored, **options)
+    assert rebuilt.params_ == law.params_
+    np.testing.assert_array_equal(rebuilt.predict(X), law.predict(X))
+    with pytest.raises(FitError, match="no bootstrap draws"):
+        rebuilt.predict_interval(X)
+    with pytest.raises(FitError, match="missing parameter"):
+        type(law).from_params({}, **options)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 import json
 import re
 
@@ -10,18 +9,17 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from scalescope.cli import build_parser, main
+from scalescope.cli.fit import run_fit
 from scalescope.laws import chinchilla_loss
-from scalescope.laws.cli import add_fit_parser, run_fit
 
 TRUE = {"E": 1.69, "A": 406.4, "B": 410.7, "alpha": 0.34, "beta": 0.28}
 
 
 def _run(argv: list[str], capsys) -> tuple[int, str, str]:
-    parser = argparse.ArgumentParser(prog="scalescope")
-    add_fit_parser(parser.add_subparsers(dest="command"))
-    args = parser.parse_args(argv)
-    assert args.func is run_fit
-    rc = run_fit(args)
+    args = build_parser().parse_args(argv)
+    assert args.fn is run_fit
+    rc = main(argv)
     out, err = capsys.readouterr()
     return rc, out, err
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from scalescope.nqm import NQM, Optimizer, nqm_from_measurements
+from scalescope.laws.nqm import NQM, Optimizer, nqm_from_measurements
 
 SGD, MOM, PRE = Optimizer(), Optimizer(momentum=0.9), Optimizer(precondition=0.5)
 

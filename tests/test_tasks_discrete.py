@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from scalescope import config as C
+from scalescope.analyses.prompt_length import analyze, compare_growth, demos_table
 from scalescope.data import build_source
 from scalescope.data.discrete_tasks import (
     DiscreteTasksSource,
@@ -17,7 +18,6 @@ from scalescope.data.discrete_tasks import (
     n_pairs,
     pool_observer,
 )
-from scalescope.analyses.prompt_length import analyze, compare_growth, demos_table
 from scalescope.instruments import task_id as TI
 from scalescope.model import GPT
 

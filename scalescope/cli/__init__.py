@@ -10,14 +10,14 @@ import argparse
 import os
 import sys
 
-from .. import __version__
+from ..version import __version__
 from ..errors import ScalescopeError
-from . import bench, critical_batch, demo, emergence, export, fit, forecast, probe, report, run, runs
+from . import bench, critical_batch, demo, emergence, export, fit, forecast, probe, prompt_length, report, run, runs
 
 __all__ = ["COMMANDS", "build_parser", "main"]
 
 # The order of `scalescope --help`.
-COMMANDS = (run, demo, runs, export, fit, forecast, report, probe, critical_batch, emergence, bench)
+COMMANDS = (run, demo, runs, export, fit, forecast, report, probe, critical_batch, emergence, prompt_length, bench)
 
 DESCRIPTION = (
     "scalescope: declare families of small models in a TOML file, train them into a store, "

@@ -2,10 +2,13 @@
 
 Every law follows one contract (scikit-learn's): options in the constructor, ``fit(X, y)`` returns self,
 fitted values end in ``_`` (``params_``, ``ci_``, ``r2_``, ``rmsle_``, ``n_points_``,
-``bootstrap_params_``), ``predict`` and ``predict_interval``; bad input raises :class:`FitError`.
+``bootstrap_params_``), ``predict`` and ``predict_interval``; bad input raises :class:`FitError`
+(:mod:`scalescope.errors`, re-exported here as part of the laws API). Also here: the sigmoid law of
+abrupt transitions (:mod:`~scalescope.laws.sigmoid`) and the noisy quadratic model (:mod:`~scalescope.laws.nqm`).
 """
 
-from .base import Estimator, FitError, Law, NotFittedError
+from ..errors import FitError, NotFittedError
+from .base import Estimator, Law
 from .bnsl import BrokenNeuralScalingLaw
 from .chinchilla import (
     ChinchillaLaw,
@@ -17,7 +20,10 @@ from .chinchilla import (
 from .critical_batch import CriticalBatchLaw, StepsExamplesFit, fit_steps_examples
 from .holdout import HoldoutResult, holdout_largest
 from .isoflop import IsoFLOPAnalysis
+from .nqm import NQM, nqm_from_measurements
 from .power import PowerLaw, SaturatingPowerLaw
+from .sigmoid import SigmoidLaw, width_decades
+from .trend import SmoothTrend, exact_match_link
 from .varpro import ChinchillaCrossCheck, ChinchillaVarPro, compare_chinchilla
 
 __all__ = [
@@ -31,15 +37,21 @@ __all__ = [
     "HoldoutResult",
     "IsoFLOPAnalysis",
     "Law",
+    "NQM",
     "NotFittedError",
     "PowerLaw",
     "SaturatingPowerLaw",
+    "SigmoidLaw",
+    "SmoothTrend",
     "StepsExamplesFit",
     "chinchilla_loss",
     "compare_chinchilla",
     "compute_optimal_allocation",
     "compute_optimal_exponents",
+    "exact_match_link",
     "fit_steps_examples",
     "hoffmann_grid",
     "holdout_largest",
+    "nqm_from_measurements",
+    "width_decades",
 ]

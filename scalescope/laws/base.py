@@ -15,27 +15,19 @@ from __future__ import annotations
 
 import inspect
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any, ClassVar, Literal, TypeVar
 
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
-__all__ = ["Estimator", "FitError", "Law", "NotFittedError", "as_rng"]
+from ..errors import FitError, NotFittedError
+
+__all__ = ["Estimator", "Law", "as_rng"]
 
 FloatArray = NDArray[np.float64]
 _E = TypeVar("_E", bound="Estimator")
-
-
-class FitError(ValueError):
-    """Input a law cannot be fitted to (too few points, non-positive values under a log, NaN/inf).
-
-    ``str(err)`` is one line, fit to print after ``error:`` on a command line.
-    """
-
-
-class NotFittedError(FitError, AttributeError):
-    """``predict`` (or a derived quantity) was asked of a law before ``fit``."""
+_L = TypeVar("_L", bound="Law")
 
 
 def as_rng(random_state: int | np.random.Generator | None) -> np.random.Generator:
@@ -253,6 +245,27 @@ class Law(Estimator):
         self.bootstrap_params_ = draws[ok]
         self.n_bootstrap_failed_ = int(B - ok.sum())
         self.ci_ = self.confidence_intervals(0.95)
+
+    @classmethod
+    def from_params(cls: type[_L], params: Mapping[str, float], **options: Any) -> _L:
+        """The law with these parameters, as if fitted: rebuilt from a stored ``params_`` (or a ``summary()``,
+        whose other keys are ignored), ready for ``predict``. ``options``: constructor options that shape
+        the parameters (e.g. ``BrokenNeuralScalingLaw``'s ``n_breaks``). Nothing of the fit is known: no
+        bootstrap draws (``ci_`` is NaN, ``predict_interval`` raises), NaN fit statistics, ``n_points_`` 0."""
+        law = cls(**options)
+        missing = [k for k in law.param_names if k not in params]
+        if missing:
+            raise FitError(f"{cls.__name__}.from_params: missing parameter(s) {', '.join(missing)}")
+        p = np.array([float(params[k]) for k in law.param_names])
+        law.param_vector_ = p
+        law.params_ = dict(zip(law.param_names, map(float, p), strict=True))
+        law.feature_names_in_ = list(law.feature_names)
+        law.n_points_ = 0
+        law.r2_ = law.rmsle_ = law.log_residual_scale_ = math.nan
+        law.bootstrap_params_ = np.empty((0, len(p)))
+        law.n_bootstrap_failed_ = 0
+        law.ci_ = law.confidence_intervals(0.95)
+        return law
 
     def _check_fitted(self) -> None:
         if not hasattr(self, "params_"):

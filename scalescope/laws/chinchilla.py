@@ -32,7 +32,8 @@ import numpy as np
 from numpy.typing import ArrayLike
 from scipy.optimize import least_squares, minimize
 
-from .base import FitError, FloatArray, Law, percentile_interval
+from ..errors import FitError
+from .base import FloatArray, Law, percentile_interval
 
 __all__ = [
     "ChinchillaLaw",

@@ -18,7 +18,8 @@ import numpy as np
 from numpy.typing import ArrayLike
 from scipy.optimize import nnls
 
-from .base import FitError, FloatArray, Law, as_rng, check_finite, check_positive, percentile_interval
+from ..errors import FitError
+from .base import FloatArray, Law, as_rng, check_finite, check_positive, percentile_interval
 
 __all__ = ["CriticalBatchLaw", "StepsExamplesFit", "fit_steps_examples"]
 

@@ -11,9 +11,10 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-from numpy.typing import ArrayLike
+from numpy.typing import ArrayLike, NDArray
 
-from .base import FitError, FloatArray, Law
+from ..errors import FitError
+from .base import FloatArray, Law
 
 __all__ = ["HoldoutResult", "holdout_largest", "scale_of"]
 
@@ -35,7 +36,7 @@ class HoldoutResult:
         return float(np.max(np.abs(self.rel_error)))
 
     @property
-    def covered(self) -> FloatArray | None:
+    def covered(self) -> NDArray[np.bool_] | None:
         """Whether each held-out observation lies inside its prediction interval."""
         if self.interval is None:
             return None

@@ -24,11 +24,10 @@ from typing import Any
 import numpy as np
 from numpy.typing import ArrayLike
 
+from ..errors import FitError, NotFittedError
 from .base import (
     Estimator,
-    FitError,
     FloatArray,
-    NotFittedError,
     as_rng,
     check_finite,
     check_positive,

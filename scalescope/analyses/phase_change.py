@@ -1,4 +1,4 @@
-"""Emergence: when does a capability appear during training, and do two measurements of it agree?
+"""The induction-head phase change: when does a capability appear during training?
 
 Olsson et al. 2022 ("In-context Learning and Induction Heads") report a *phase change*: early in
 training, induction heads form (their prefix-matching score jumps) at the same time as the in-context
@@ -9,52 +9,27 @@ can be compared:
   its total change, from its first value to its final level, interpolated linearly between evaluations;
 * :func:`threshold_step`: the first step at which a metric crosses a fixed level (e.g. a prefix-matching
   score of 0.4), interpolated the same way;
-* :func:`phase_change`: both, for the induction score and the ICL score of one stored run.
+* :func:`phase_change`: both, for the induction score and the ICL score of one stored run;
+* :func:`phase_rows`: :func:`phase_change` for every run of a store that ran those instruments.
 
-Across scale (N, D, C) or steps, :mod:`scalescope.emergence.transitions` asks whether a change is abrupt
-(:func:`detect_transition`: a sigmoid in log x, :class:`SigmoidLaw`, against a smooth power law on
-held-out points), whether a jump is real or a metric artifact (:func:`metric_robustness`, Schaeffer et
-al. 2023), and forecasts the scale at which a metric crosses a threshold (:func:`forecast_crossing`,
-recorded in the forecast ledger by :func:`record_crossing_forecast`).
+Across scale (N, D, C) or steps, :mod:`scalescope.analyses.transitions` asks whether a change is abrupt
+and :mod:`scalescope.analyses.emergence` applies it to a store.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+from numpy.typing import ArrayLike
 
-from .transitions import (
-    CrossingForecast,
-    Robustness,
-    SigmoidLaw,
-    Transition,
-    detect_transition,
-    exact_match_link,
-    forecast_crossing,
-    metric_robustness,
-    record_crossing_forecast,
-    score_crossing,
-)
+from .. import store as _store
+from ..jsonable import jsonable
+from ..rundir import RunDir
 
-__all__ = [
-    "CrossingForecast",
-    "Robustness",
-    "SigmoidLaw",
-    "Transition",
-    "detect_transition",
-    "exact_match_link",
-    "forecast_crossing",
-    "metric_robustness",
-    "phase_change",
-    "record_crossing_forecast",
-    "score_crossing",
-    "threshold_step",
-    "transition_step",
-]
+__all__ = ["phase_change", "phase_rows", "threshold_step", "transition_step"]
 
 
 def _crossing(steps: np.ndarray, values: np.ndarray, level: float, rising: bool) -> float | None:
@@ -69,9 +44,7 @@ def _crossing(steps: np.ndarray, values: np.ndarray, level: float, rising: bool)
     return float(s0 + min(max(frac, 0.0), 1.0) * (s1 - s0))
 
 
-def threshold_step(
-    steps: Sequence[float], values: Sequence[float], level: float, *, rising: bool = True
-) -> float | None:
+def threshold_step(steps: ArrayLike, values: ArrayLike, level: float, *, rising: bool = True) -> float | None:
     """The first step at which ``values`` reach ``level`` (from below when ``rising``, else from above),
     linearly interpolated between the two evaluations that bracket it; None if never."""
     s, v = np.asarray(steps, dtype=float), np.asarray(values, dtype=float)
@@ -80,7 +53,7 @@ def threshold_step(
 
 
 def transition_step(
-    steps: Sequence[float], values: Sequence[float], *, fraction: float = 0.5, final_points: int = 3
+    steps: ArrayLike, values: ArrayLike, *, fraction: float = 0.5, final_points: int = 3
 ) -> float | None:
     """The first step at which ``values`` have covered ``fraction`` of their change from the first value
     to the final level (the mean of the last ``final_points`` values), interpolated; None without a
@@ -110,8 +83,6 @@ def phase_change(run_dir: str | Path, *, threshold: float = 0.4) -> dict[str, An
     score at the first and last evaluations (``icl_before``, ``icl_after``). Steps are None when the
     metric never gets there.
     """
-    from ..rundir import RunDir
-
     rows = RunDir(Path(run_dir)).read_metrics()
     ps, pm = _series(rows, "induction/max_prefix_matching")
     is_, icl = _series(rows, "icl/score")
@@ -132,3 +103,30 @@ def phase_change(run_dir: str | Path, *, threshold: float = 0.4) -> dict[str, An
     a, b = out.get("induction_transition_step"), out.get("icl_transition_step")
     out["transition_gap"] = None if a is None or b is None else abs(a - b)
     return {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in out.items()}
+
+
+def phase_rows(store: str | Path, threshold: float = 0.4, tables: Any = None) -> list[dict[str, Any]]:
+    """One row per run that ran the ``induction`` or ``icl`` instrument: its model shape, positions and
+    seed, and :func:`phase_change`'s numbers. ``tables``: the store's tables when already loaded."""
+    t = tables if tables is not None else _store.load(store)  # looked up at call time: tests substitute it
+    out = []
+    for rec in t.runs.to_dict(orient="records"):
+        cfg = rec.get("config") or {}
+        if not isinstance(cfg, dict):
+            continue
+        r = phase_change(Path(store) / "runs" / rec["id"], threshold=threshold)
+        if "max_prefix_matching_final" not in r and "icl_before" not in r:
+            continue
+        m = cfg.get("model", {})
+        out.append(
+            {
+                "id": rec["id"],
+                "n_layer": m.get("n_layer"),
+                "d_model": m.get("d_model"),
+                "positions": m.get("positions", "learned"),
+                "seed": cfg.get("seed"),
+                "params_nonembedding": jsonable(rec.get("params_nonembedding")),
+                **{k: v for k, v in r.items() if k != "run_dir"},
+            }
+        )
+    return out

@@ -1,50 +1,45 @@
-"""``scalescope emergence STORE``: when do capabilities appear, over training steps and over scale?
+"""Emergence across runs: which capabilities change abruptly over scale or training steps, is a jump
+real or a metric artifact, and when will a metric cross a threshold?
 
-* Per run: the induction-head phase change (Olsson et al. 2022; :func:`scalescope.emergence.phase_change`):
-  the step at which the best head's prefix-matching score passes ``--threshold`` and the half-way steps of
-  the prefix-matching and in-context-learning scores.
+* Per run: the induction-head phase change (Olsson et al. 2022; :mod:`scalescope.analyses.phase_change`).
 * Across runs: the finished runs are grouped by the config fields that vary other than scale, and within
   each group every capability metric the runs logged is tested for an abrupt change over scale (N
   non-embedding parameters, D tokens or C FLOPs: whichever varies; :func:`detect_transition`, a sigmoid in
   log x against a smooth power law on held-out points, with bootstrap intervals), and a discontinuous
   metric with a continuous twin (top-1 copy accuracy and copy log-probability) gets the metric-robustness
-  test of Schaeffer et al. 2023 (:func:`metric_robustness`).
-* ``--forecast METRIC --threshold T --x COLUMN --up-to X``: fit the continuous twin's power-law trend on the
-  runs with x <= X, predict the x at which METRIC crosses T (:func:`forecast_crossing`) and record it in the
-  forecast ledger (``STORE/forecasts/``); ``scalescope forecast --score STORE`` scores it once larger runs
-  exist.
-* ``--metric COL [--continuous COL] [--across COL]``: the same tests on any runs-table column.
-
-``python -m scalescope.emergence`` is the same command (kept for older scripts).
+  test of Schaeffer et al. 2023 (:func:`metric_robustness`): :func:`analyze`, :func:`scale_analysis`,
+  :func:`step_analysis`, :func:`across_scale` (any runs-table column).
+* :func:`record_forecast`: fit a continuous twin's power-law trend on the smaller runs, predict the scale
+  at which the discontinuous metric crosses a threshold (:func:`forecast_crossing`) and record it in the
+  forecast ledger (``STORE/forecasts/``), which scores it once larger runs exist.
 """
 
 from __future__ import annotations
 
-import argparse
-import json
 import math
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 
-from ..config import ConfigError
-from ..store import StoreError
+from .. import store as _store
+from ..errors import ConfigError, FitError, StoreError
+from ..forecast.crossing import RECORD_KIND, forecast_crossing, record_crossing_forecast
+from ..forecast.ledger import load_forecasts
+from ..jsonable import jsonable
+from ..laws.trend import SmoothTrend, exact_match_link, infer_direction
+from .phase_change import phase_rows
+from .transitions import detect_transition, metric_robustness
 
 __all__ = [
     "CAPABILITIES",
     "SCALE_COLUMNS",
     "Capability",
     "across_scale",
-    "add_emergence_parser",
     "analyze",
     "capability",
-    "main",
-    "phase_rows",
     "record_forecast",
-    "run_emergence",
     "scale_analysis",
     "scale_groups",
     "step_analysis",
@@ -133,50 +128,6 @@ def capability(name: str, *, twin: bool = False) -> Capability | None:
     return None
 
 
-# --- per run: the phase change over steps ---------------------------------------------------------------
-
-
-def _load(store: str | Path) -> Any:
-    from .. import store as _store  # looked up at call time (tests substitute load)
-
-    return _store.load(store)
-
-
-def _scalar(v: Any) -> Any:
-    if hasattr(v, "item"):
-        v = v.item()
-    return None if isinstance(v, float) and not math.isfinite(v) else v
-
-
-def phase_rows(store: str | Path, threshold: float = 0.4, tables: Any = None) -> list[dict[str, Any]]:
-    """One row per run that ran the ``induction`` or ``icl`` instrument: its model shape, positions and
-    seed, and :func:`phase_change`'s numbers."""
-    from . import phase_change
-
-    t = tables if tables is not None else _load(store)
-    out = []
-    for rec in t.runs.to_dict(orient="records"):
-        cfg = rec.get("config") or {}
-        if not isinstance(cfg, dict):
-            continue
-        r = phase_change(Path(store) / "runs" / rec["id"], threshold=threshold)
-        if "max_prefix_matching_final" not in r and "icl_before" not in r:
-            continue
-        m = cfg.get("model", {})
-        out.append(
-            {
-                "id": rec["id"],
-                "n_layer": m.get("n_layer"),
-                "d_model": m.get("d_model"),
-                "positions": m.get("positions", "learned"),
-                "seed": cfg.get("seed"),
-                "params_nonembedding": _scalar(rec.get("params_nonembedding")),
-                **{k: v for k, v in r.items() if k != "run_dir"},
-            }
-        )
-    return out
-
-
 # --- across runs: transitions over scale ----------------------------------------------------------------
 
 
@@ -220,7 +171,7 @@ def scale_groups(runs: pd.DataFrame, x: str | None = None) -> list[tuple[dict[st
         keys = done[fields].astype(str)
         for _, idx in keys.groupby(fields if len(fields) > 1 else fields[0], sort=True).groups.items():
             g = done.loc[idx]
-            out.append(({f: _scalar(g[f].iloc[0]) for f in fields}, x or _x_column(g), g))
+            out.append(({f: jsonable(g[f].iloc[0]) for f in fields}, x or _x_column(g), g))
     else:
         out.append(({}, x or _x_column(done), done))
     return out
@@ -233,19 +184,15 @@ def _cols(runs: pd.DataFrame, *cols: str) -> pd.DataFrame:
 def _smooth_trend(x: Any, y: Any) -> dict[str, Any] | None:
     """Direction and parameters of :func:`detect_transition`'s smooth trend (a saturating power law on the
     gap to the default bound) of (x, y), or None when it cannot be fitted."""
-    from ..laws.base import FitError
-    from .transitions import _direction, _SmoothTrend
 
     try:
-        d = _direction(x, y, "auto")
-        return {"direction": d, "smooth": dict(_SmoothTrend(d).fit(x, y).law.params_)}
+        d = infer_direction(x, y, "auto")
+        return {"direction": d, "smooth": dict(SmoothTrend(d).fit(x, y).law.params_)}
     except (FitError, ValueError):
         return None
 
 
 def _analyze_capability(g: pd.DataFrame, x: str, cap: Capability, bootstrap: int, seed: int) -> dict[str, Any]:
-    from ..laws.base import FitError
-    from .transitions import detect_transition, metric_robustness
 
     d_col = f"final_{cap.metric}"
     c_col = f"final_{cap.continuous}" if cap.continuous else None
@@ -268,7 +215,7 @@ def _analyze_capability(g: pd.DataFrame, x: str, cap: Capability, bootstrap: int
         out["error"] = f"{len(tab)} finished runs at {tab[x].nunique()} scales; the transition test needs {MIN_RUNS}"
         return out
     xs, ys = tab[x].to_numpy(float), tab[d_col].to_numpy(float)
-    opts = {"bootstrap": bootstrap, "random_state": seed}
+    opts: dict[str, Any] = {"bootstrap": bootstrap, "random_state": seed}
     try:
         if c_col:
             r = metric_robustness(xs, ys, cap.sign * tab[c_col].to_numpy(float), **opts)
@@ -303,14 +250,12 @@ def analyze(
     steps: bool = False,
     tables: Any = None,
 ) -> dict[str, Any]:
-    """Everything ``scalescope emergence STORE --json`` prints: ``runs`` (:func:`phase_rows`), ``scale``
+    """Everything ``scalescope emergence --store DIR --json`` prints: ``runs`` (:func:`phase_rows`), ``scale``
     (per group of runs and capability metric the store has: the transition test over scale and, with a
     continuous twin, the metric-robustness verdict), ``steps`` (with ``steps``: the same tests over each
     run's training steps, :func:`step_analysis`) and the store's ``forecasts`` of crossings."""
-    from ..forecast import load_forecasts
-    from .transitions import RECORD_KIND
 
-    t = tables if tables is not None else _load(store)
+    t = tables if tables is not None else _store.load(store)
     scale = scale_analysis(t.runs, x=x, bootstrap=bootstrap, seed=seed)
     done = set(_finished(t.runs)["id"].astype(str)) if len(t.runs) else set()
     over_steps = (
@@ -334,7 +279,7 @@ def step_analysis(metrics: pd.DataFrame, *, bootstrap: int = 200, seed: int = 0)
     capability metric at 6 or more steps > 0: the transition test of each
     capability over training steps (x = step, log-spaced evaluations), with the metric-robustness verdict
     when the continuous twin was logged too; entries shaped as :func:`scale_analysis`'s."""
-    out = []
+    out: list[dict[str, Any]] = []
     if metrics is None or metrics.empty:
         return out
     names = {c.metric for c in CAPABILITIES} | {c.continuous for c in CAPABILITIES if c.continuous}
@@ -365,7 +310,7 @@ def scale_analysis(
     Each capability entry has ``points`` (x, metric, continuous) and either ``transition`` (and
     ``continuous_transition``) or ``error`` (too few runs, or a failed fit)."""
     if x is not None and x not in SCALE_COLUMNS:
-        raise ConfigError(f"expected one of {', '.join(SCALE_COLUMNS)}, got {x!r}", field="--x")
+        raise ConfigError(f"expected one of {', '.join(SCALE_COLUMNS)}, got {x!r}", field="x")
     scale = []
     for fields, xcol, g in scale_groups(runs, x):
         caps = [c for c in CAPABILITIES if f"final_{c.metric}" in g and g[f"final_{c.metric}"].notna().any()]
@@ -389,9 +334,8 @@ def across_scale(
 ) -> dict[str, Any]:
     """:func:`detect_transition` (or :func:`metric_robustness` with ``continuous``) of runs-table column
     ``metric`` over column ``across``, on the store's finished runs."""
-    from .transitions import detect_transition, metric_robustness
 
-    runs = _load(store).runs
+    runs = _store.load(store).runs
     cols = [across, metric] + ([continuous] if continuous else [])
     missing = [c for c in cols if c not in runs]
     if missing:
@@ -424,31 +368,28 @@ def record_forecast(
     ``up_to``, forecast the x at which ``metric`` crosses ``threshold`` through the link accuracy ≈
     exp(-L·sign·continuous) (Schaeffer et al. 2023 eq. 2; :func:`forecast_crossing`) and record it in the
     ledger (:func:`record_crossing_forecast`). Returns (record, created)."""
-    from .transitions import exact_match_link, forecast_crossing, record_crossing_forecast
 
     if x not in SCALE_COLUMNS:
-        raise ConfigError(f"expected one of {', '.join(SCALE_COLUMNS)}, got {x!r}", field="--x")
+        raise ConfigError(f"expected one of {', '.join(SCALE_COLUMNS)}, got {x!r}", field="x")
     if not math.isfinite(threshold):
-        raise ConfigError(f"expected a finite number, got {threshold}", field="--threshold")
+        raise ConfigError(f"expected a finite number, got {threshold}", field="threshold")
     cap = capability(metric)
-    runs = (tables if tables is not None else _load(store)).runs
+    runs = (tables if tables is not None else _store.load(store)).runs
     d_col = metric if metric in runs else f"final_{cap.metric if cap else metric}"
     cont = continuous or (cap.continuous if cap else None)
     if cap is None and d_col not in runs:
         known = ", ".join(c.metric for c in CAPABILITIES if c.continuous)
-        raise ConfigError(
-            f"unknown metric {metric!r}: expected a runs-table column or one of {known}", field="--forecast"
-        )
+        raise ConfigError(f"unknown metric {metric!r}: expected a runs-table column or one of {known}", field="metric")
     if cont is None:
-        raise ConfigError(f"{metric!r} has no known continuous twin: name one", field="--continuous")
+        raise ConfigError(f"{metric!r} has no known continuous twin: name one", field="continuous")
     c_col = cont if cont in runs else f"final_{cont}"
-    for col, what in ((d_col, "--forecast"), (c_col, "--continuous")):
+    for col, what in ((d_col, "metric"), (c_col, "continuous")):
         if col not in runs:
             raise StoreError(f"{store}: no run logged {col.removeprefix('final_')} ({what})")
     sgn = sign if sign is not None else (cap.sign if cap and cont == cap.continuous else 1.0)
     L = n_tokens if n_tokens is not None else (cap.n_tokens if cap else 1)
     if L < 1:
-        raise ConfigError(f"expected an integer >= 1, got {L}", field="--n-tokens")
+        raise ConfigError(f"expected an integer >= 1, got {L}", field="n_tokens")
     tab = _cols(_finished(runs).set_index("id"), x, c_col)
     tab = tab[tab[x] > 0]
     fit = tab if up_to is None else tab[tab[x] <= up_to]
@@ -476,243 +417,6 @@ def record_forecast(
         continuous_metric=c_col,
         fitted_on=[str(i) for i in fit.index],
         link=link,
+        link_spec={"name": "exact_match", "n_tokens": L, "of": "loss", "sign": sgn},
         rising=True,
     )
-
-
-# --- command line ---------------------------------------------------------------------------------------
-
-
-def _f(v: Any, spec: str) -> str:
-    if v is None or (isinstance(v, float) and not math.isfinite(v)):
-        return "-".rjust(int(spec.split(".")[0].rstrip("df") or 0))
-    return format(v, spec)
-
-
-def _print_capabilities(caps: list[dict[str, Any]]) -> None:
-    for c in caps:
-        name = c["metric"] + (f" (continuous: {c['continuous']})" if c["continuous"] else "")
-        if "error" in c:
-            print(f"  {name}: {c['error']}")
-            continue
-        t = c["transition"]
-        lo, hi = t["x0_ci"]
-        wlo, whi = t["width_ci"]
-        print(f"  {name}: {c['verdict']}")
-        print(
-            f"    x0 {t['x0']:.4g} [{lo:.4g}, {hi:.4g}], width {t['width_decades']:.2f} decades "
-            f"[{wlo:.2f}, {whi:.2f}]; held-out RMSE sigmoid {t['sigmoid_heldout_rmse']:.3g}, "
-            f"smooth {t['smooth_heldout_rmse']:.3g}"
-        )
-        print(f"    {c['reason']}")
-
-
-def _print_analysis(res: dict[str, Any]) -> None:
-    rows = res["runs"]
-    if rows:
-        print(f"Per run: the induction-head phase change (prefix matching >= {res['threshold']:g}; Olsson et al. 2022)")
-        print(
-            "id            layers d_model positions seed  max_pm(final)  induction_step  icl_step  "
-            "icl_before  icl_after"
-        )
-        for r in rows:
-            print(
-                f"{r['id']:12s}  {_f(r['n_layer'], '6d')} {_f(r['d_model'], '7d')} {str(r['positions']):9s} "
-                f"{_f(r['seed'], '4d')}  {_f(r.get('max_prefix_matching_final'), '13.3f')}  "
-                f"{_f(r.get('induction_step'), '14.0f')}  {_f(r.get('icl_transition_step'), '8.0f')}  "
-                f"{_f(r.get('icl_before'), '10.3f')}  {_f(r.get('icl_after'), '9.3f')}"
-            )
-    else:
-        print("Per run: no run ran the induction or icl instrument (no phase-change table)")
-    for e in res["scale"]:
-        grp = ", ".join(f"{k}={v}" for k, v in e["group"].items()) or "all finished runs"
-        x = SCALE_COLUMNS.get(e["x"], "-")
-        print(f"\nAcross scale ({grp}; {e['n_runs']} runs; x = {x}{' = ' + e['x'] if e['x'] else ''})")
-        if "error" in e:
-            print(f"  {e['error']}")
-        _print_capabilities(e["capabilities"])
-    for e in res.get("steps", []):
-        print(f"\nOver training steps (run {e['id']}; x = step)")
-        _print_capabilities(e["capabilities"])
-    for r in res["forecasts"]:
-        s = r.get("score") or {}
-        lo, hi = r["interval"]
-        obs = (
-            f"observed {_f(s.get('observed'), '.4g')}, covered {'yes' if s.get('covered') else 'no'}"
-            if s
-            else "not scored yet (scalescope forecast --score)"
-        )
-        print(
-            f"\nforecast {r['id']}: {r['metric']} reaches {r['threshold']:g} at {r['x_column']} = "
-            f"{_f(r['predicted'], '.4g')} [{_f(lo, '.4g')}, {_f(hi, '.4g')}]; {obs}"
-        )
-
-
-def run_emergence(args: argparse.Namespace) -> int:
-    """Handler of ``scalescope emergence``; bad input raises ConfigError/StoreError/FitError (one line)."""
-    from ..laws.base import FitError
-
-    try:
-        return _run(args)
-    except (ConfigError, StoreError, FitError):
-        raise
-    except ValueError as err:  # a fitter's check of its input (too few or degenerate points)
-        raise FitError(str(err)) from None
-
-
-def _run(args: argparse.Namespace) -> int:
-    if args.metric:
-        res = across_scale(args.store, args.metric, args.continuous, args.across, args.bootstrap or 500)
-        if args.json:
-            print(json.dumps(res, indent=1))
-        else:
-            t = res.get("discontinuous", res)
-            lo, hi = t["x0_ci"]
-            print(f"{res.get('verdict', 'abrupt' if t['abrupt'] else 'smooth')}: {res.get('reason', t['reason'])}")
-            print(f"  x0 {t['x0']:.4g} [{lo:.4g}, {hi:.4g}], width {t['width_decades']:.2f} decades")
-        return 0
-    if args.forecast:
-        if args.threshold is None:
-            raise ConfigError("expected the level the metric should cross (e.g. 0.5)", field="--threshold")
-        rec, created = record_forecast(
-            args.store,
-            args.forecast,
-            args.threshold,
-            x=args.x or "params_nonembedding",
-            up_to=args.up_to,
-            continuous=args.continuous,
-            n_tokens=args.n_tokens,
-            bootstrap=args.bootstrap or 1000,
-            seed=args.seed,
-        )
-        if args.json:
-            print(json.dumps(rec, indent=1))
-            return 0
-        lo, hi = rec["interval"]
-        print(
-            f"forecast {rec['id']} {'recorded' if created else 'was already recorded'} in "
-            f"{Path(args.store) / 'forecasts'}"
-        )
-        print(
-            f"  {rec['continuous_metric']} trend fitted on {rec['n_points']} runs with {rec['x_column']} <= "
-            f"{rec['fit_max_x']:.4g}; link {rec['link']}"
-        )
-        print(
-            f"  {rec['metric']} reaches {rec['threshold']:g} at {rec['x_column']} = {_f(rec['predicted'], '.4g')}, "
-            f"{100 * rec['level']:.0f}% interval [{_f(lo, '.4g')}, {_f(hi, '.4g')}] "
-            f"({100 * rec['fraction_crossing']:.0f}% of bootstrap draws cross)"
-        )
-        print(f"  score it once larger runs exist: scalescope forecast --score {args.store}")
-        return 0
-    res = analyze(
-        args.store,
-        threshold=args.threshold if args.threshold is not None else 0.4,
-        x=args.x,
-        bootstrap=args.bootstrap or 200,
-        seed=args.seed,
-        steps=args.steps,
-    )
-    if args.json:
-        print(json.dumps(res, indent=1, default=_scalar))
-    else:
-        _print_analysis(res)
-    return 0
-
-
-def _add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("store")
-    p.add_argument("--json", action="store_true", help="print JSON on stdout")
-    p.add_argument(
-        "--threshold",
-        type=float,
-        default=None,
-        help="prefix-matching level of an induction head (default 0.4); with --forecast: the level "
-        "the metric should cross",
-    )
-    p.add_argument(
-        "--x",
-        choices=list(SCALE_COLUMNS),
-        default=None,
-        help="the scale: params_nonembedding (N), tokens (D) or flops (C); default: the one that varies",
-    )
-    p.add_argument(
-        "--steps",
-        action="store_true",
-        help="also test each run's capability metrics for an abrupt change over training steps",
-    )
-    p.add_argument(
-        "--forecast",
-        metavar="METRIC",
-        help="record a forecast of the scale at which METRIC (e.g. induction/copy_accuracy) crosses "
-        "--threshold, from its continuous twin's trend",
-    )
-    p.add_argument(
-        "--up-to",
-        type=float,
-        default=None,
-        metavar="X",
-        help="with --forecast: fit only the runs with x <= X (the larger ones score it later)",
-    )
-    p.add_argument(
-        "--continuous",
-        default=None,
-        help="the continuous twin (default: the capability's own, e.g. induction/copy_logprob)",
-    )
-    p.add_argument(
-        "--n-tokens",
-        type=int,
-        default=None,
-        metavar="L",
-        help="with --forecast: answer length L of the link accuracy = exp(-L·loss) (default 1)",
-    )
-    p.add_argument("--metric", help="a runs-table column (e.g. final_exact_match): test its change across scale")
-    p.add_argument("--across", default="params_nonembedding", help="with --metric: the scale column")
-    p.add_argument(
-        "--bootstrap",
-        type=int,
-        default=None,
-        help="bootstrap resamples (default 200; 500 with --metric; 1000 with --forecast)",
-    )
-    p.add_argument("--seed", type=int, default=0, help="bootstrap seed (default 0)")
-
-
-def add_emergence_parser(subparsers: Any) -> argparse.ArgumentParser:
-    """Add ``emergence`` to an argparse subparsers object (handler in ``fn``); return its parser."""
-    p = subparsers.add_parser(
-        "emergence",
-        help="phase changes over steps, transitions and forecasts over scale",
-        description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    _add_arguments(p)
-    p.set_defaults(fn=run_emergence)
-    return p
-
-
-def main(argv: list[str] | None = None, prog: str = "scalescope emergence", legacy_json: bool = False) -> int:
-    """Parse ``argv`` and run; bad input prints one line and returns 2. ``legacy_json``: ``--json`` without
-    ``--metric``/``--forecast`` prints only the per-run rows (what ``python -m scalescope.emergence`` printed
-    before the scale analysis existed)."""
-    from ..laws.base import FitError
-
-    p = argparse.ArgumentParser(prog=prog, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    _add_arguments(p)
-    args = p.parse_args(argv)
-    try:
-        if legacy_json and args.json and not (args.metric or args.forecast):
-            print(
-                json.dumps(
-                    phase_rows(args.store, args.threshold if args.threshold is not None else 0.4),
-                    indent=1,
-                    default=_scalar,
-                )
-            )
-            return 0
-        return run_emergence(args)
-    except (ConfigError, StoreError, FitError, FileNotFoundError, ValueError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-
-
-if __name__ == "__main__":  # pragma: no cover
-    sys.exit(main())

@@ -15,13 +15,11 @@ on the loss, not on the batch size or learning rate that got there; the ratio of
 recommended way to combine noisy estimates). Batch sizes are in sequences (``train.batch_size``); the
 ``*_tokens`` fields multiply by ``model.seq_len``.
 
-``scalescope critical-batch STORE --targets 3.0,2.8 --json`` (see :func:`add_critical_batch_parser`).
+On the command line: ``scalescope critical-batch --store DIR --targets 3.0,2.8``.
 """
 
 from __future__ import annotations
 
-import argparse
-import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,12 +28,13 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from .config import ConfigError
+from ..errors import ConfigError, FitError
+from ..laws.critical_batch import CriticalBatchLaw, fit_steps_examples
+from .phase_change import threshold_step
 
 __all__ = [
     "CriticalBatchResult",
     "TargetResult",
-    "add_critical_batch_parser",
     "critical_batch_analysis",
     "run_groups",
     "steps_to_loss",
@@ -74,8 +73,6 @@ def _smooth(y: np.ndarray, window: int) -> np.ndarray:
 def steps_to_loss(steps: np.ndarray, loss: np.ndarray, target: float, smooth: int = 1) -> float:
     """First step at which the loss curve reaches ``target``, linear between evaluations (NaN if never;
     0 if the first point is already at or below it)."""
-    from .emergence import threshold_step
-
     s = threshold_step(steps, _smooth(np.asarray(loss, dtype=float), smooth), target, rising=False)
     return math.nan if s is None else s
 
@@ -199,17 +196,14 @@ def critical_batch_analysis(
     mean over that many evaluations before looking for the crossing; ``group_by``: config columns that
     separate independent analyses (default: every varying config column outside :data:`WITHIN_GROUP`).
     """
-    from .laws.base import FitError
-    from .laws.critical_batch import CriticalBatchLaw, fit_steps_examples
-
     if not targets or any(not (isinstance(t, (int, float)) and math.isfinite(t) and t > 0) for t in targets):
-        raise ConfigError(f"expected positive target losses, got {targets!r}", field="--targets")
+        raise ConfigError(f"expected positive target losses, got {targets!r}", field="targets")
     if metric not in ("val_loss", "train_loss"):
-        raise ConfigError(f"expected val_loss or train_loss, got {metric!r}", field="--metric")
+        raise ConfigError(f"expected val_loss or train_loss, got {metric!r}", field="metric")
     if smooth < 1:
-        raise ConfigError(f"expected a positive integer, got {smooth}", field="--smooth")
+        raise ConfigError(f"expected a positive integer, got {smooth}", field="smooth")
     if isinstance(store, (str, Path)):
-        from .store import load
+        from ..store import load
 
         tables = load(store)
     else:
@@ -240,7 +234,7 @@ def critical_batch_analysis(
                     }
                 )
             per_run = pd.DataFrame(rows)
-            tres.append(_one_target(target, per_run, noise, fit_steps_examples, bootstrap, random_state, FitError))
+            tres.append(_one_target(target, per_run, noise, bootstrap, random_state))
         res = CriticalBatchResult(group=group, metric=metric, seq_len=seq_len, n_runs=len(gruns), targets=tres)
         ok = [t for t in tres if math.isfinite(t.B_crit) and t.B_crit > 0]
         try:
@@ -253,7 +247,13 @@ def critical_batch_analysis(
     return results
 
 
-def _one_target(target, per_run, noise, fit_steps_examples, bootstrap, random_state, FitError) -> TargetResult:
+def _one_target(
+    target: float,
+    per_run: pd.DataFrame,
+    noise: dict[str, dict[str, tuple[np.ndarray, np.ndarray]]],
+    bootstrap: int,
+    random_state: int | None,
+) -> TargetResult:
     # Seeds: a (B, lr) cell that some seed never finished counts as not reached (no optimistic min).
     cell = per_run.groupby(["batch_size", "lr"])["steps"].agg(lambda s: s.mean() if s.notna().all() else np.nan)
     table = []
@@ -311,80 +311,3 @@ def _one_target(target, per_run, noise, fit_steps_examples, bootstrap, random_st
     except FitError as e:
         out.error = f"{e} (batch sizes reaching the target: {len(tab)})"
     return out
-
-
-# --------------------------------------------------------------------------------------------------
-# Command line: ``scalescope critical-batch STORE --targets 3.0,2.8 [--json]``.
-
-
-def _parse_targets(text: str) -> list[float]:
-    try:
-        vals = [float(x) for x in text.split(",") if x.strip()]
-    except ValueError:
-        raise ConfigError(f"expected comma-separated numbers, got {text!r}", field="--targets") from None
-    if not vals:
-        raise ConfigError("expected at least one target loss", field="--targets")
-    return vals
-
-
-def _json_safe(x: Any) -> Any:
-    if isinstance(x, dict):
-        return {str(k): _json_safe(v) for k, v in x.items()}
-    if isinstance(x, (list, tuple)):
-        return [_json_safe(v) for v in x]
-    if isinstance(x, (np.floating, float)):
-        return float(x) if math.isfinite(x) else None
-    if isinstance(x, np.integer):
-        return int(x)
-    if isinstance(x, np.bool_):
-        return bool(x)
-    return x
-
-
-def cmd_critical_batch(args: argparse.Namespace) -> int:
-    res = critical_batch_analysis(
-        args.store,
-        _parse_targets(args.targets),
-        metric=args.metric,
-        smooth=args.smooth,
-        bootstrap=args.bootstrap,
-        random_state=args.seed,
-    )
-    if args.json:
-        print(json.dumps(_json_safe({"groups": [r.as_dict() for r in res]}), indent=1))
-        return 0
-    for r in res:
-        name = ", ".join(f"{k}={v}" for k, v in r.group.items()) or "all runs"
-        print(f"{name} ({r.n_runs} runs, {r.metric}); batch sizes in sequences")
-        print(f"  {'target':>8} {'B_crit':>10} {'95% interval':>22} {'B_simple':>10} {'ratio':>7} {'NQM':>9}  note")
-        for t in r.targets:
-            ci = f"[{t.B_crit_ci[0]:.4g}, {t.B_crit_ci[1]:.4g}]"
-            edge = [str(b) for b in t.table.loc[t.table["lr_at_grid_edge"], "batch_size"]]
-            note = t.error or ("lr optimum at grid edge for B=" + ",".join(edge) if edge else "")
-            print(
-                f"  {t.target:>8.4g} {t.B_crit:>10.4g} {ci:>22} {t.B_simple:>10.4g} {t.ratio:>7.3g} "
-                f"{t.B_crit_nqm:>9.4g}  {note}"
-            )
-        if r.law:
-            print(f"  B_crit(L) = {r.law['B_star']:.4g} / L^(1/{r.law['alpha_B']:.3g})  (Kaplan et al. 2020 eq. 5.3)")
-        else:
-            print(f"  B_crit(L) law not fitted: {r.law_error}")
-    return 0
-
-
-def add_critical_batch_parser(subparsers: Any) -> argparse.ArgumentParser:
-    """Add ``critical-batch STORE --targets L1,L2,...`` to an argparse subparsers object."""
-    p = subparsers.add_parser(
-        "critical-batch",
-        help="critical batch size per target loss from a batch-size sweep "
-        "(Kaplan et al. 2020 sec. 5.1), with B_simple beside it",
-    )
-    p.add_argument("store", help="store directory of a batch-size sweep (e.g. experiments/critical_batch.toml)")
-    p.add_argument("--targets", required=True, help="comma-separated target losses, e.g. 3.0,2.8")
-    p.add_argument("--metric", default="val_loss", choices=["val_loss", "train_loss"])
-    p.add_argument("--smooth", type=int, default=1, help="running mean over this many evaluations (default 1)")
-    p.add_argument("--bootstrap", type=int, default=1000)
-    p.add_argument("--seed", type=int, default=0, help="bootstrap seed")
-    p.add_argument("--json", action="store_true")
-    p.set_defaults(fn=cmd_critical_batch, func=cmd_critical_batch)
-    return p

@@ -293,7 +293,7 @@ class NQM:
         """The NQM's critical batch size for ``target`` (see the module doc). Without ``batch_sizes``,
         a log grid is placed where the steps fall from ~30× to ~1.03× the exact-gradient minimum, so both
         regimes of the hyperbola are sampled."""
-        from .laws.critical_batch import fit_steps_examples
+        from .critical_batch import fit_steps_examples
 
         if not target > 0:
             raise ValueError(f"target must be a positive (excess) loss, got {target}")

@@ -17,15 +17,12 @@ leave-one-K-out error (every run at one K held out, predicted from the others: t
 Caballero et al. 2022 use to judge functional forms). The held-out error decides the winner; near-ties
 (within 2%) go to the simpler form.
 
-    python -m scalescope.emergence.prompt_length STORE [--json]
+On the command line: ``scalescope prompt-length --store DIR [--json]``.
 """
 
 from __future__ import annotations
 
-import argparse
-import json
 import math
-import sys
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -36,6 +33,8 @@ import numpy as np
 import pandas as pd
 from numpy.typing import ArrayLike
 from scipy.optimize import OptimizeWarning, curve_fit
+
+from ..errors import ConfigError
 
 __all__ = ["FORMS", "GrowthComparison", "GrowthFit", "analyze", "compare_growth", "demos_table", "fit_form"]
 
@@ -139,30 +138,30 @@ class GrowthComparison:
 def compare_growth(K: ArrayLike, demos: ArrayLike) -> GrowthComparison:
     """Fit every form of :data:`FORMS` to (K, demos) (repeats at one K allowed) and compare them by AIC and by
     leave-one-K-out RMSE; needs at least 3 distinct K."""
-    K, d = np.asarray(K, float), np.asarray(demos, float)
-    ok = np.isfinite(K) & np.isfinite(d) & (K > 0)
-    K, d = K[ok], d[ok]
-    uk = np.unique(K)
+    Ks, d = np.asarray(K, float), np.asarray(demos, float)
+    ok = np.isfinite(Ks) & np.isfinite(d) & (Ks > 0)
+    Ks, d = Ks[ok], d[ok]
+    uk = np.unique(Ks)
     if len(uk) < 3:
         raise ValueError(f"need demonstrations at 3 or more distinct K to compare growth forms, got {len(uk)}")
     fits = {}
     n = len(d)
     for form in FORMS:
-        p = fit_form(form, K, d)
-        rss = float(((FORMS[form][0](K, *p) - d) ** 2).sum())
+        p = fit_form(form, Ks, d)
+        rss = float(((FORMS[form][0](Ks, *p) - d) ** 2).sum())
         aic = n * math.log(max(rss, 1e-12) / n) + 2 * len(p)
         errs = []
         for k in uk:
-            test = K == k
-            q = fit_form(form, K[~test], d[~test])
-            errs.append((FORMS[form][0](K[test], *q) - d[test]) ** 2)
+            test = Ks == k
+            q = fit_form(form, Ks[~test], d[~test])
+            errs.append((FORMS[form][0](Ks[test], *q) - d[test]) ** 2)
         fits[form] = GrowthFit(form, p, rss, aic, float(math.sqrt(np.concatenate(errs).mean())), n)
     # Ties in held-out error (within 2% + 1e-9: e.g. a flat series, which every form fits) go to the simpler
     # form, in the order of FORMS (constant, then the two-parameter forms).
     best = min(f.heldout_rmse for f in fits.values())
     winner = next(f for f in FORMS if fits[f].heldout_rmse <= best * 1.02 + 1e-9)
     winner_aic = min(fits, key=lambda f: fits[f].aic)
-    return GrowthComparison(fits, winner, winner_aic, K, d)
+    return GrowthComparison(fits, winner, winner_aic, Ks, d)
 
 
 def demos_table(runs: pd.DataFrame, metrics: pd.DataFrame, *, metric: str = "demos_needed") -> pd.DataFrame:
@@ -209,6 +208,8 @@ def analyze(
     if table is None:
         from ..store import load
 
+        if store is None:
+            raise ConfigError("give a store or a table", field="store")
         t = load(store)
         table = demos_table(t.runs, t.metrics, metric=metric)
     out: dict[str, Any] = {"metric": metric, "target": None, "series": {}}
@@ -229,54 +230,3 @@ def analyze(
             entry["fit_note"] = str(e)
         out["series"][s] = entry
     return out
-
-
-def main(argv: list[str] | None = None) -> int:
-    from ..config import ConfigError
-    from ..store import StoreError
-
-    ap = argparse.ArgumentParser(
-        prog="python -m scalescope.emergence.prompt_length",
-        description="demonstrations needed against the number of tasks K, with log / power-law / linear fits",
-    )
-    ap.add_argument("store")
-    ap.add_argument(
-        "--metric",
-        choices=["demos_needed", "demos_needed_logp"],
-        default="demos_needed",
-        help="accuracy reaching the target (default) or mean log-probability reaching ln(target)",
-    )
-    ap.add_argument("--json", action="store_true")
-    args = ap.parse_args(argv)
-    try:
-        r = analyze(args.store, metric=args.metric)
-    except (StoreError, ConfigError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    if not r["series"]:
-        print(
-            f"error: {args.store}: no run measured task_id (instruments.task_id on a discrete_tasks source)",
-            file=sys.stderr,
-        )
-        return 2
-    if args.json:
-        print(json.dumps(r, indent=1))
-        return 0
-    w = sys.stdout.write
-    what = "accuracy" if args.metric == "demos_needed" else "mean probability (geometric) of the right output"
-    w(f"demonstrations needed to reach {what} {r['target']}\n")
-    for s, e in r["series"].items():
-        pts = ", ".join(f"K={k}: {'-' if d is None else f'{d:.2f}'}" for k, d in zip(e["K"], e["demos_mean"]))
-        w(f"{s:14s} {pts}\n")
-        if e["fit"]:
-            f = e["fit"]["fits"]
-            w(
-                "  "
-                + "; ".join(f"{k} held-out RMSE {v['heldout_rmse']:.3f} (AIC {v['aic']:.1f})" for k, v in f.items())
-                + f" -> {e['fit']['winner']}\n"
-            )
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())
