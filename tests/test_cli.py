@@ -25,7 +25,7 @@ def test_run_then_runs_json_and_export(tiny_toml, tmp_path, capsys):
     store = tmp_path / "store"
     assert main(["run", str(exp), "--store", str(store), "--workers", "2", "--quiet"]) == 0
     capsys.readouterr()
-    assert main(["runs", str(store), "--json"]) == 0
+    assert main(["runs", "--store", str(store), "--json"]) == 0
     runs = json.loads(capsys.readouterr().out)
     assert len(runs) == 2
     for r in runs:
@@ -39,7 +39,7 @@ def test_run_then_runs_json_and_export(tiny_toml, tmp_path, capsys):
     assert main(["run", str(exp), "--store", str(store), "--quiet"]) == 0
     assert "2 already done, skipped" in capsys.readouterr().err
     for fmt in ("csv", "parquet"):
-        assert main(["export", str(store), "--format", fmt]) == 0
+        assert main(["export", "--store", str(store), "--format", fmt]) == 0
         paths = capsys.readouterr().out.split()
         assert [os.path.basename(p) for p in paths] == [f"runs.{fmt}", f"metrics.{fmt}"]
     import pandas as pd
@@ -53,7 +53,7 @@ def test_runs_table_text(tiny_toml, tmp_path, capsys):
     store = tmp_path / "s"
     main(["run", str(exp), "--store", str(store), "--quiet"])
     capsys.readouterr()
-    main(["runs", str(store)])
+    main(["runs", "--store", str(store)])
     out = capsys.readouterr().out
     assert "finished" in out and "val loss" in out
 
@@ -137,7 +137,7 @@ def test_threads_option(tiny_toml, tmp_path, capsys):
 
 
 def test_runs_on_missing_store(tmp_path, capsys):
-    assert main(["runs", str(tmp_path / "nope")]) == 2
+    assert main(["runs", "--store", str(tmp_path / "nope")]) == 2
     assert "no such store directory" in capsys.readouterr().err
 
 
@@ -206,7 +206,7 @@ def test_fit_chinchilla_from_store(tiny_toml, tmp_path, capsys):
 
 
 def test_builtin_experiments_run_by_name(capsys):
-    from scalescope.cli import builtin_experiments, resolve_experiment
+    from scalescope.cli.run import builtin_experiments, resolve_experiment
 
     assert {"demo", "sgd_vs_adamw", "critical_batch", "entropy_check"} <= set(builtin_experiments())
     assert resolve_experiment("sgd_vs_adamw").name == "sgd_vs_adamw.toml"

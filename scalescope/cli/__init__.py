@@ -10,8 +10,8 @@ import argparse
 import os
 import sys
 
-from ..version import __version__
 from ..errors import ScalescopeError
+from ..version import __version__
 from . import bench, critical_batch, demo, emergence, export, fit, forecast, probe, prompt_length, report, run, runs
 
 __all__ = ["COMMANDS", "build_parser", "main"]

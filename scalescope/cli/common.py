@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from collections.abc import Mapping
 from typing import Any
 
 from ..errors import ConfigError
@@ -16,6 +17,8 @@ from ..jsonable import jsonable
 
 __all__ = [
     "add_json",
+    "as_flag",
+    "option_flags",
     "add_store",
     "add_where",
     "check_positive",
@@ -49,6 +52,20 @@ def print_json(obj: Any) -> None:
     """Strict JSON on stdout (NaN and infinities as null)."""
     json.dump(jsonable(obj), sys.stdout, indent=1)
     sys.stdout.write("\n")
+
+
+def as_flag(err: ConfigError, flags: Mapping[str, str]) -> ConfigError:
+    """``err`` restated with the command-line flag the user typed when its field is an argument of the
+    analysis (``flags`` maps argument names to flags); otherwise ``err`` itself. Analyses name their own
+    arguments, never flags; this is the one place that translates."""
+    if err.field is not None and err.field in flags:
+        return ConfigError(err.message, file=err.file, field=flags[err.field])
+    return err
+
+
+def option_flags(args: argparse.Namespace, *, exclude: tuple[str, ...] = ()) -> dict[str, str]:
+    """Every option of a parsed command as argument name -> flag (``top_k`` -> ``--top-k``)."""
+    return {name: "--" + name.replace("_", "-") for name in vars(args) if name not in exclude}
 
 
 def check_positive(args: argparse.Namespace, *names: str, allow_none: bool = True) -> None:

@@ -7,7 +7,7 @@ import argparse
 from typing import Any
 
 from ..errors import ConfigError
-from .common import add_json, add_store, print_json
+from .common import add_json, add_store, as_flag, print_json
 
 __all__ = ["add_parser"]
 
@@ -59,9 +59,7 @@ def cmd_critical_batch(args: argparse.Namespace) -> int:
             random_state=args.seed,
         )
     except ConfigError as err:
-        if err.field in FLAGS:
-            raise ConfigError(err.message, field=FLAGS[err.field]) from None
-        raise
+        raise as_flag(err, FLAGS) from None
     if args.json:
         print_json({"groups": [r.as_dict() for r in res]})
         return 0

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import ConfigError, FitError, ScalescopeError
-from .common import add_json, add_store, print_json
+from .common import add_json, add_store, as_flag, print_json
 
 __all__ = ["add_parser"]
 
@@ -112,9 +112,7 @@ def run_emergence(args: argparse.Namespace) -> int:
     try:
         return _run(args)
     except ConfigError as err:
-        if err.field in FLAGS:
-            raise ConfigError(err.message, field=FLAGS[err.field]) from None
-        raise
+        raise as_flag(err, FLAGS) from None
     except ScalescopeError:
         raise
     except ValueError as err:  # a fitter's check of its input (too few or degenerate points)

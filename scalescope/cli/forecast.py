@@ -7,7 +7,7 @@ import argparse
 from typing import Any
 
 from ..errors import ConfigError, FitError
-from .common import add_json, add_store, print_json
+from .common import add_json, add_store, as_flag, print_json
 
 __all__ = ["add_parser"]
 
@@ -99,9 +99,7 @@ def _flag_error(err: ConfigError, args: argparse.Namespace) -> ConfigError:
             return ConfigError("the chinchilla law needs --target-n and --target-d", field="forecast")
         flag = FLAGS[f"target.{X_COORD[args.x]}"]
         return ConfigError(f"--law power --x {args.x} needs {flag}", field="forecast")
-    if err.field in FLAGS:
-        return ConfigError(err.message, field=FLAGS[err.field])
-    return err
+    return as_flag(err, FLAGS)
 
 
 def run_forecast(args: argparse.Namespace) -> int:

@@ -16,7 +16,7 @@ from typing import Any
 from ..errors import ConfigError
 from ..instruments import covariance, curvature, fewshot, icl, icl_regression, induction, noise_scale, task_id
 from ..jsonable import jsonable
-from .common import add_json, print_json
+from .common import add_json, as_flag, option_flags, print_json
 
 __all__ = ["add_parser"]
 
@@ -66,9 +66,7 @@ def _run(compute: Compute, show: Show, args: argparse.Namespace) -> int:
         r = compute(args)
     except ConfigError as e:
         # An error naming one of this command's options by its argument name (field="top_k"): name the flag.
-        if e.field and e.field != "run_dir" and e.field in vars(args):
-            raise ConfigError(e.message, file=e.file, field="--" + e.field.replace("_", "-")) from None
-        raise
+        raise as_flag(e, option_flags(args, exclude=("run_dir",))) from None
     if args.json:
         print_json(r)
     else:
