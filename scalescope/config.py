@@ -56,6 +56,11 @@ class SourceConfig:
         """The serialized table: v0.1's flat layout (see LEGACY_DATA_DEFAULTS) overlaid with this source's fields."""
         return {**LEGACY_DATA_DEFAULTS, "kind": self.kind, **dataclasses.asdict(self)}
 
+    def identity(self) -> dict[str, Any]:
+        """What of this table enters the run id: by default all of :meth:`to_dict`. A source whose data
+        are files (text) hashes their content instead of their location."""
+        return self.to_dict()
+
 
 SOURCE_CONFIGS: dict[str, type[SourceConfig]] = {}
 DEFAULT_KIND = "markov"
@@ -401,6 +406,7 @@ def run_id(cfg: RunConfig) -> str:
     ``train.device`` is left out: where a run executes is not part of what it is.
     """
     d = to_dict(cfg)
+    d["data"] = cfg.data.identity()
     d["train"] = {k: v for k, v in d["train"].items() if k != "device"}
     for section, defaults in HASH_OMIT_IF_DEFAULT.items():
         d[section] = {k: v for k, v in d[section].items() if k not in defaults or v != defaults[k]}

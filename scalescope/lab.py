@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 import sys
 import time
 from collections.abc import Callable
@@ -114,8 +115,16 @@ def run_experiment(
     ``threads`` per run defaults to cores // workers; pass 1 on a machine shared with other jobs (two
     threads on a busy 2-core machine can run several times slower than one).
     """
+    fresh = not store.path.exists()
     store.ensure_writable()
-    planned = plan(exp, store)
+    try:
+        planned = plan(exp, store)
+    except BaseException:
+        # A mistake found while preparing the data (an empty corpus, a file that cannot be read) must not
+        # leave behind a store that this call created: nothing of value is in it yet.
+        if fresh:
+            shutil.rmtree(store.path, ignore_errors=True)
+        raise
     # Longest first (by FLOPs): the last run to start is then a short one, which keeps every worker
     # busy until near the end (the LPT rule; makespan within 4/3 of optimal).
     todo = sorted((p for p in planned if not p.done), key=lambda p: -p.flops_total)

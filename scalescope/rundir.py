@@ -52,10 +52,18 @@ _CHECKPOINTS, _LATEST, _ARTIFACTS, _CACHE = "checkpoints", "latest.pt", "artifac
 _STEP = re.compile(r"step_(\d+)")
 
 
+# mkstemp creates files readable by their owner only (0600); a store and a report are shared with
+# colleagues, so every file gets the mode an ordinary new file would (0644 under the usual umask 022).
+_UMASK = os.umask(0o022)
+os.umask(_UMASK)
+FILE_MODE = 0o666 & ~_UMASK
+
+
 def atomic_write_bytes(path: Path, data: bytes) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        os.fchmod(fd, FILE_MODE)
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()
@@ -177,7 +185,10 @@ class RunDir:
             return {"state": "pending"}
 
     def write_status(self, state: str, **fields: Any) -> None:
+        """Replace the status; the experiment the driver recorded at creation is carried over."""
         assert state in STATES, state
+        if "experiment" not in fields:
+            fields["experiment"] = self.read_status().get("experiment")
         atomic_write_json(self.status_path, {"state": state, "updated": time.time(), **fields})
 
     def is_done(self) -> bool:

@@ -18,8 +18,9 @@ import os
 import shutil
 import tempfile
 from dataclasses import dataclass
+from functools import lru_cache
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 
@@ -47,6 +48,31 @@ def corpus_files(path: Path) -> list[tuple[str, Path]]:
         if p.is_file() and not any(part.startswith(".") for part in rel.parts):
             out.append((rel.as_posix(), p))
     return sorted(out)
+
+
+def corpus_fingerprint(path: str | Path) -> str:
+    """sha256 of the corpus's content: every file's relative name and bytes, length-prefixed so that no two
+    different corpora hash the same stream. It enters the run id (``data.fingerprint``), so editing a corpus
+    never silently reuses runs trained on the old text."""
+    p = Path(path)
+    if not p.exists():
+        raise ConfigError(f"no such file or directory: {p}", field="data.path")
+    files = corpus_files(p)
+    stats = tuple((name, f.stat().st_size, f.stat().st_mtime_ns) for name, f in files)
+    return _fingerprint(str(p.resolve()), stats)
+
+
+@lru_cache(maxsize=32)
+def _fingerprint(path: str, stats: tuple[tuple[str, int, int], ...]) -> str:
+    # Cached on (path, names, sizes, mtimes): a sweep parses one corpus's config once per run.
+    h = hashlib.sha256()
+    root = Path(path)
+    for name, _, _ in stats:
+        data = (root if root.is_file() else root / name).read_bytes()
+        for field in (name.encode(), data):
+            h.update(len(field).to_bytes(8, "little"))
+            h.update(field)
+    return h.hexdigest()[:24]
 
 
 def _chunks(text: str) -> list[str]:
@@ -273,6 +299,9 @@ class TextConfig(SourceConfig):
     bpe_vocab_size: int = 1024
     # Fraction of tokens (taken from the end of the corpus) held out for validation.
     val_fraction: float = 0.1
+    # The corpus's content hash (corpus_fingerprint), resolved when the config is read: it makes the run id
+    # depend on the text, not on the path. A stored config keeps the fingerprint it was trained on.
+    fingerprint: str | None = None
 
     def resolve(self, model: ModelConfig, file: str | None) -> None:
         positive(self.bpe_vocab_size, "data.bpe_vocab_size", file)
@@ -282,6 +311,19 @@ class TextConfig(SourceConfig):
             )
         if not self.path:
             raise ConfigError("a text source needs a path to a file or directory", file=file, field="data.path")
+        if self.fingerprint is None:
+            try:
+                self.fingerprint = corpus_fingerprint(self.path)
+            except ConfigError as e:
+                raise ConfigError(e.message, file=file, field=e.field) from None
+
+    def identity(self) -> dict[str, Any]:
+        """The run id hashes the corpus's content (``fingerprint``), not where it lies: a moved corpus keeps
+        its runs, an edited one gets new ones."""
+        d = self.to_dict()
+        if d["fingerprint"] is not None:
+            d.pop("path")
+        return d
 
     def build(self, stream_seed: int) -> TextSource:
         """Still needs :meth:`TextSource.prepare` (tokenization) before its first batch."""
