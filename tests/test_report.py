@@ -43,7 +43,7 @@ def store(tmp_path_factory):
 
 def test_report_is_self_contained_and_renders(store, tmp_path, capsys):
     out = tmp_path / "report.html"
-    assert main(["report", str(store), "--out", str(out)]) == 0
+    assert main(["report", "--store", str(store), "--out", str(out)]) == 0
     html = out.read_text()
     assert "<script" not in html and 'src="http' not in html and "url(http" not in html
     imgs = re.findall(r'<img[^>]+src="data:image/png;base64,([^"]+)"', html)
@@ -119,14 +119,14 @@ def test_forecast_recorded_before_target_then_scored(store, tmp_path, capsys):
     lo, hi = rec["interval"]
     assert lo <= rec["predicted"] <= hi
     # Nothing to score yet.
-    assert main(["forecast", "--score", str(work), "--json"]) == 0
+    assert main(["forecast", "--store", str(work), "--score", "--json"]) == 0
     recs = json.loads(capsys.readouterr().out)
     assert len(recs) == 1 and recs[0].get("score") is None
     # Now the target run exists (same content hash) and the forecast can be scored.
     shutil.copytree(store / "runs" / target["id"], work / "runs" / target["id"])
     stamps = []
     for _ in range(2):  # idempotent: the second scoring changes nothing
-        assert main(["forecast", "--score", str(work), "--json"]) == 0
+        assert main(["forecast", "--store", str(work), "--score", "--json"]) == 0
         recs = json.loads(capsys.readouterr().out)
         assert len(recs) == 1
         s = recs[0]["score"]

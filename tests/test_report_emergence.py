@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from scalescope import config as C
-from scalescope.emergence.cli import record_forecast
+from scalescope.analyses.emergence import record_forecast
 from scalescope.report import Context, build_sections
 from scalescope.rundir import RunDir
 from scalescope.store import Store, load

@@ -12,7 +12,7 @@ import scalescope
 from scalescope import config as C
 from scalescope.cli import main
 from scalescope.report import Context, build_sections
-from scalescope.report.instrument_panels import critical_batch, eos_figure, pick_steps
+from scalescope.report.panels.instruments import critical_batch, eos_figure, pick_steps
 from scalescope.store import Store, load
 from scalescope.sweep import load_experiment
 

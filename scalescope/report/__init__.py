@@ -1,9 +1,11 @@
 """``scalescope report``: one self-contained HTML file (inline PNG figures and CSS, no script, nothing
 fetched) summarising a store: loss curves, the L(N, D) fit, checked extrapolation, parameters, forecasts.
 
-Adding a panel is one function (see :mod:`scalescope.report.core`)::
+Adding a panel is one function with ``@panel(...)`` in a domain module of :mod:`scalescope.report.panels`
+(``laws``, ``instruments``, ``emergence``), or one new module there plus its import line in
+``panels/__init__.py``; shared formatting and figure helpers are in :mod:`scalescope.report.style`::
 
-    from scalescope.report import Skip, figure, panel
+    from ..core import Skip, figure, panel
 
     @panel("noise_scale", title="Gradient noise scale", order=60)
     def noise_scale(ctx):                      # ctx.runs, ctx.metrics, ctx.store, ctx.cached(...)
@@ -17,7 +19,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from . import emergence_panels, instrument_panels, panels, prompt_length_panel  # noqa: F401 - registers the built-in panels
+from . import panels  # noqa: F401 - registers the built-in panels
 from .core import DEFAULT_BOOTSTRAP, PANELS, Context, Section, Skip, build_sections, figure, page, panel, table
 
 __all__ = [

@@ -23,7 +23,7 @@ import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 
-from .. import __version__
+from ..version import __version__
 
 __all__ = ["PANELS", "Context", "Panel", "Section", "Skip", "build_sections", "figure", "page", "panel", "table"]
 
