@@ -214,3 +214,39 @@ def test_builtin_experiments_run_by_name(capsys):
     assert main(["run", "no_such_experiment", "--store", "unused", "--quiet"]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("error: no_such_experiment: ") and "sgd_vs_adamw" in err and "\n" not in err
+
+
+def _all_parsers():
+    import argparse
+
+    from scalescope.cli import build_parser
+
+    todo = [("scalescope", build_parser())]
+    while todo:
+        name, p = todo.pop()
+        yield name, p
+        for a in p._actions:
+            if isinstance(a, argparse._SubParsersAction):
+                todo += [(f"{name} {k}", sub) for k, sub in a.choices.items()]
+
+
+def test_every_option_has_plain_help_and_the_store_is_named_one_way():
+    import argparse
+
+    for name, p in _all_parsers():
+        for a in p._actions:
+            if isinstance(a, (argparse._HelpAction, argparse._SubParsersAction)):
+                continue
+            assert a.help and a.help.strip(), f"{name} {a.option_strings or a.dest}: no help line"
+            assert "``" not in a.help and ":func:" not in a.help, f"{name} {a.dest}: markup in help"
+            if a.dest == "store":
+                assert "--store" in a.option_strings, f"{name}: the store is not given as --store"
+        assert "``" not in (p.description or "") and ":class:" not in (p.description or ""), name
+
+
+def test_version(capsys):
+    from scalescope import __version__
+
+    with pytest.raises(SystemExit) as e:
+        main(["--version"])
+    assert e.value.code == 0 and capsys.readouterr().out.strip() == f"scalescope {__version__}"
