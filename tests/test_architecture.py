@@ -122,7 +122,9 @@ def test_no_builtin_module_is_loaded_through_importlib() -> None:
     # The registry lines are plain imports, so the static graph above sees every edge.
     pkg = Path(scalescope.__file__).parent
     offenders = [
-        str(p.relative_to(pkg)) for p in pkg.rglob("*.py") if "import_module(" in p.read_text() and p.name != "registry.py"
+        str(p.relative_to(pkg))
+        for p in pkg.rglob("*.py")
+        if "import_module(" in p.read_text() and p.name != "registry.py"
     ]
     assert offenders == []
 
