@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 import torch
 
-from scalescope.data import regression as BL
 from scalescope import config as C
 from scalescope.data import build_source
+from scalescope.data import regression as BL
 from scalescope.data.regression import LinearRegressionSource, n_points
 from scalescope.model import GPT, param_counts
 
