@@ -113,8 +113,9 @@ def test_span_fields_belong_to_their_kind():
 OLD_IDS = {
     "default": "b13f09528031",
     "hmm_attn_only": "0f1e30e09c51",
-    "text": "7f8a7f342cf1",
 }
+# Text runs' ids changed on purpose when the corpus's content replaced its path in the id (issue 11; see
+# tests/test_run_identity.py and the re-pinned text cases in tests/fixtures/run_ids.json).
 
 
 def test_old_run_ids_are_unchanged():
@@ -131,7 +132,6 @@ def test_old_run_ids_are_unchanged():
         )
         == OLD_IDS["hmm_attn_only"]
     )
-    assert C.run_id(C.from_dict({"data": {"kind": "text", "path": "x.txt"}, "seed": 3})) == OLD_IDS["text"]
     demo = load_experiment(EXPERIMENTS / "demo.toml")
     assert [C.run_id(r) for r in demo.runs][:3] == ["86f590c77466", "514c9bd00a5d", "fe6df5d93c9f"]
     crit = load_experiment(EXPERIMENTS / "critical_batch.toml")
