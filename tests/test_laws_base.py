@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 import pytest
+from scipy import stats
 
 import scalescope.laws as laws
 from scalescope.laws import (
@@ -156,3 +157,45 @@ def test_from_params_rebuilds_the_fitted_law(law, X, y) -> None:
         rebuilt.predict_interval(X)
     with pytest.raises(FitError, match="missing parameter"):
         type(law).from_params({}, **options)
+
+
+def test_prediction_interval_matches_the_exact_t_interval_of_a_linear_fit() -> None:
+    # Ground truth: the power law is linear in log space, and with normal noise the exact 95% prediction
+    # interval of log y at x+ is log y_hat +- t(0.975, n-2) s sqrt(1 + h+), h+ = x+'(X'X)^-1 x+ (Seber & Lee
+    # 2003, sec. 5.3); the confidence band of the curve is the same without the 1. The studentized bootstrap
+    # reproduces both: over 40 data sets (10 points, 2% noise, half a decade past the data) the ratio of the
+    # half-widths averaged 0.99 (s.e. 0.011) for prediction; 0.05 is ~4.5 s.e. Before the fresh residuals had
+    # a stream of their own the ratio was 0.84 at 400 resamples: they replayed the resamples' indices.
+    x = np.logspace(6, 9, 10)
+    xt = np.array([10**9.5])
+    design = np.column_stack([np.ones(10), np.log(x)])
+    xp = np.array([1.0, np.log(xt[0])])
+    h = xp @ np.linalg.inv(design.T @ design) @ xp
+    t = stats.t.ppf(0.975, 8)
+    pred, conf = [], []
+    for seed in range(40):
+        y = 50.0 * x**-0.2 * np.exp(np.random.default_rng(seed).normal(0, 0.02, 10))
+        law = PowerLaw(bootstrap=100, random_state=seed).fit(x, y)
+        s = law.log_residual_scale_
+        lo, hi = np.log(law.predict_interval(xt, kind="prediction"))
+        pred.append((hi[0] - lo[0]) / 2 / (t * s * np.sqrt(1 + h)))
+        lo, hi = np.log(law.predict_interval(xt, kind="confidence"))
+        conf.append((hi[0] - lo[0]) / 2 / (t * s * np.sqrt(h)))
+    assert np.mean(pred) == pytest.approx(1.0, abs=0.05), np.mean(pred)
+    # The curve's band (studentized percentiles of 100 curves): measured mean ratio 0.95 (s.e. 0.020).
+    assert np.mean(conf) == pytest.approx(1.0, abs=0.08), np.mean(conf)
+
+
+def test_exact_data_give_a_collapsed_prediction_interval() -> None:
+    # No scatter: the studentized interval is undefined (s = 0), the plain prediction error is 0.
+    law = PowerLaw(bootstrap=50, random_state=0).fit(X1, Y1)
+    lo, hi = law.predict_interval([1e10], kind="prediction")
+    np.testing.assert_allclose([lo[0], hi[0]], law.predict([1e10])[0], rtol=1e-8)
+
+
+def test_summary_carries_diagnostics_and_from_params_has_none() -> None:
+    law = PowerLaw(bootstrap=50, random_state=0).fit(X1, Y1 * np.exp(np.random.default_rng(1).normal(0, 0.02, 12)))
+    out = law.summary()
+    assert out["diagnostics"]["verdict"] == law.diagnostics_.verdict == "ok"
+    rebuilt = PowerLaw.from_params(out)
+    assert rebuilt.diagnostics_ is None and rebuilt.summary()["diagnostics"] is None

@@ -191,3 +191,117 @@ def test_varpro_bootstrap_covers_truth() -> None:
     for k in ("E", "alpha", "beta"):
         lo, hi = vp.ci_[k]
         assert lo <= TRUE[k] <= hi, k
+
+
+# --- constrained fits: fix_E, shared_exponent, E_min ----------------------------------------------------
+
+
+def test_unconstrained_default_takes_the_original_path() -> None:
+    law = ChinchillaLaw()
+    assert law._form() is None and law.fixed_params_ == set() and law.n_free_params == 5
+    assert ChinchillaLaw(E_min=0.0)._form() is None  # the default floor E >= 0 is the original fit
+
+
+@pytest.mark.parametrize(
+    ("c", "with_e", "shared"),
+    [
+        (0.0, True, False),
+        (1.5, True, False),
+        (1.69, False, False),
+        (1.69, False, True),
+        (1.2, True, True),
+        (0.0, False, False),
+    ],
+)
+def test_constrained_objective_gradient_is_exact(c: float, with_e: bool, shared: bool) -> None:
+    from scalescope.laws.chinchilla import _Form, _huber
+
+    form = _Form(c=c, with_e=with_e, shared=shared)
+    lN, lD, lL, delta = np.log(X[:, 0]), np.log(X[:, 1]), np.log(_noisy(3)), 0.05  # both Huber branches
+    z = form.z_of_params(np.array([1.9, 300.0, 500.0, 0.3, 0.3]))
+
+    def f(zz: np.ndarray) -> float:
+        return float(_huber(form.log_loss(zz, lN, lD)[0] - lL, delta).sum() / delta)
+
+    def g(zz: np.ndarray) -> np.ndarray:
+        r = form.log_loss(zz, lN, lD)[0] - lL
+        return form.log_loss(zz, lN, lD)[1].T @ (np.clip(r, -delta, delta) / delta)
+
+    assert check_grad(f, g, z) < 1e-5 * np.linalg.norm(g(z))
+    # The vectorised grid evaluation is the same function.
+    np.testing.assert_allclose(form.grid_log_loss(z[None], lN, lD)[0], form.log_loss(z, lN, lD)[0], rtol=1e-13)
+
+
+def test_fix_E_recovers_the_free_parameters() -> None:
+    # Noiseless: E held at the truth, the other four recovered to optimizer precision.
+    law = ChinchillaLaw(grid="coarse", n_starts=16, fix_E=TRUE["E"], bootstrap=0).fit(X, L_TRUE)
+    for k, v in TRUE.items():
+        assert law.params_[k] == pytest.approx(v, rel=1e-6), k
+    assert law.params_["E"] == TRUE["E"] and law.fixed_params_ == {"E"} and law.n_free_params == 4
+    assert law.min_points() == 5 and "E" not in law.bounds_
+    # Noisy (1%): E fixed removes E's trade-off with A and alpha, so A, alpha are pinned better than in
+    # the free fit (test_recovery_from_noisy_data: ~4 s.d. there); same tolerances hold with room.
+    law = ChinchillaLaw(grid="coarse", n_starts=16, fix_E=TRUE["E"], bootstrap=50, random_state=0).fit(X, _noisy(0))
+    tol = {"A": 0.4, "B": 0.7, "alpha": 0.07, "beta": 0.13}
+    for k, t in tol.items():
+        assert law.params_[k] == pytest.approx(TRUE[k], rel=t), k
+    # The bootstrap respects the constraint: every draw has E at its fixed value.
+    assert np.all(law.bootstrap_params_[:, 0] == TRUE["E"])
+    s = law.summary()
+    assert s["constraints"] == {
+        "fix_E": TRUE["E"],
+        "shared_exponent": False,
+        "E_min": 0.0,
+        "fixed": ["E"],
+        "free_params": 4,
+    }
+    diag = s.get("diagnostics")
+    if diag is not None:  # laws/diagnostics.py: a fixed parameter is neither pinned nor unpinned
+        assert diag["parameters"]["E"]["status"] == "fixed"
+
+
+def test_shared_exponent_recovers_a_symmetric_law() -> None:
+    sym = {**TRUE, "beta": TRUE["alpha"]}
+    y = chinchilla_loss(X[:, 0], X[:, 1], **sym)
+    law = ChinchillaLaw(grid="coarse", n_starts=16, shared_exponent=True, bootstrap=20, random_state=0).fit(X, y)
+    for k, v in sym.items():
+        assert law.params_[k] == pytest.approx(v, rel=1e-6), k  # noiseless, exactly of the fitted form
+    assert law.fixed_params_ == {"beta"} and law.compute_optimal_exponents_ == pytest.approx((0.5, 0.5))
+    assert np.all(law.bootstrap_params_[:, 3] == law.bootstrap_params_[:, 4])  # alpha = beta in every draw
+    # Both constraints at once: 3 free parameters (A, B, alpha).
+    both = ChinchillaLaw(grid="coarse", n_starts=16, shared_exponent=True, fix_E=sym["E"], bootstrap=0).fit(X, y)
+    assert both.n_free_params == 3 and both.params_["alpha"] == pytest.approx(sym["alpha"], rel=1e-6)
+
+
+def test_E_floor() -> None:
+    # A floor below the truth does not bind: the noiseless fit recovers every parameter.
+    law = ChinchillaLaw(grid="coarse", n_starts=16, E_min=1.5, bootstrap=0).fit(X, L_TRUE)
+    for k, v in TRUE.items():
+        assert law.params_[k] == pytest.approx(v, rel=1e-6), k
+    assert law.bounds_["E"] == (1.5, np.inf) and law.fixed_params_ == set()
+    # A floor above the truth binds: E ends on it (never below), and the diagnostics see the bound.
+    y = _noisy(4)
+    law = ChinchillaLaw(grid="coarse", n_starts=16, E_min=1.8, bootstrap=20, random_state=0).fit(X, y)
+    assert 1.8 <= law.params_["E"] <= 1.8 * (1 + 1e-6)
+    assert np.all(law.bootstrap_params_[:, 0] >= 1.8)
+    diag = getattr(law, "diagnostics_", None)
+    if diag is not None:
+        assert diag.parameters["E"].at_bound
+    # The unconstrained fit never reports a negative E either (E = exp(e) >= 0 is its floor).
+    assert ChinchillaLaw(grid="coarse", n_starts=16, bootstrap=0).fit(X, y).bounds_["E"] == (0.0, np.inf)
+
+
+def test_constraint_errors_name_the_option() -> None:
+    from scalescope.errors import ConfigError
+
+    y = L_TRUE
+    cases = [
+        ({"fix_E": float(y.min())}, "fix_E", "not below the smallest observed loss"),
+        ({"fix_E": -1.0}, "fix_E", "must be a number >= 0"),
+        ({"E_min": 100.0}, "E_min", "not below the smallest observed loss"),
+        ({"fix_E": 1.0, "E_min": 1.5}, "fix_E", "below E_min=1.5"),
+    ]
+    for opts, field, text in cases:
+        with pytest.raises(ConfigError, match=text) as e:
+            ChinchillaLaw(grid="coarse", n_starts=4, bootstrap=0, **opts).fit(X, y)
+        assert e.value.field == field

@@ -168,3 +168,150 @@ def test_other_bad_input(tmp_path, capsys) -> None:
     empty.write_text("")
     argv = ["fit", "power", "--csv", str(empty), "--x", "x", "--y", "y"]
     assert "is empty" in _one_error_line(*_run(argv, capsys))
+
+
+# --- constrained and reduced laws, --store everywhere, --where with dotted names ------------------------------
+
+from tests.test_forecast_laws import LAW, law_store  # noqa: E402 - the hand-written store of a known law
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory) -> str:
+    # 4 sizes x 3 budgets from LAW with 0.3% noise; the runs' entropy rate is LAW's E.
+    return str(law_store(tmp_path_factory.mktemp("store") / "s", noise=0.003).path)
+
+
+def test_fit_chinchilla_constrained_from_store(store: str, capsys) -> None:
+    base = ["fit", "chinchilla", "--store", store, "--grid", "coarse", "--bootstrap", "30"]
+    rc, out, err = _run([*base, "--fix-E", "entropy", "--shared-exponent", "--json"], capsys)
+    assert rc == 0, err
+    res = json.loads(out)
+    assert res["E"] == LAW["E"] and res["alpha"] == res["beta"]
+    assert res["constraints"]["fixed"] == ["E", "beta"] and res["constraints"]["free_params"] == 3
+    assert res["entropy_rate"] == LAW["E"] and res["constraint_sources"] == {"fix_E": "entropy rate"}
+    # The generating law has alpha 0.35, beta 0.3: the shared exponent lands between them (0.3% noise).
+    assert 0.28 < res["alpha"] < 0.37
+    assert res["diagnostics"]["verdict"] in ("ok", "weak", "unidentified")
+    rc, out, _ = _run([*base, "--E-min", "2.0", "--min-tokens-per-param", "2"], capsys)
+    assert rc == 0
+    assert "note: dropped" in out and "D/N < 2" in out and "E >= 2" in out and "verdict:" in out
+    assert "variable projection: not run" in out  # the cross-check has no constraints
+    rc, out, _ = _run([*base, "--fix-E", "2.0"], capsys)
+    assert rc == 0 and "E = 2   fixed" in out
+
+
+def test_fit_where_takes_dotted_names(store: str, capsys) -> None:
+    argv = ["fit", "chinchilla", "--store", store, "--grid", "coarse", "--bootstrap", "0", "--json"]
+    rc, out, _ = _run([*argv, "--where", "train.tokens >= 80000 and model.d_model != 16"], capsys)
+    assert rc == 0 and json.loads(out)["n_points"] == 6
+    rc, out, _ = _run([*argv, "--where", "`train.tokens` >= 80000"], capsys)  # the old form still works
+    assert rc == 0 and json.loads(out)["n_points"] == 8
+
+
+@pytest.mark.parametrize(
+    ("extra", "expect"),
+    [
+        (["--where", "train.tokenz > 1"], "error: --where: unknown column 'train.tokenz'; did you mean train.tokens"),
+        (
+            ["--where", "train.tokens > 1e12"],
+            "error: --where: 'train.tokens > 1e12' keeps none of the 12 finished runs",
+        ),
+        (["--fix-E", "9"], "error: --fix-E: 9 is not below the smallest observed loss"),
+        (["--fix-E", "high"], "error: --fix-E: expected a number or 'entropy'"),
+        (
+            ["--where", "model.d_model == 16", "--fix-E", "entropy", "--shared-exponent"],
+            "error: need at least 4 points to fit 3 free parameters (E, beta fixed), got 3",
+        ),
+        (["--min-tokens-per-param", "1e9"], "error: --min-tokens-per-param: no run has D/N >= 1e+09"),
+    ],
+)
+def test_store_bad_input_is_one_line(store: str, capsys, extra: list[str], expect: str) -> None:
+    argv = ["fit", "chinchilla", "--store", store, "--grid", "coarse", "--bootstrap", "0", *extra]
+    assert _one_error_line(*_run(argv, capsys)).startswith(expect)
+
+
+def test_fix_E_entropy_needs_a_known_entropy_rate(chin_csv: str, capsys) -> None:
+    argv = [
+        "fit",
+        "chinchilla",
+        "--csv",
+        chin_csv,
+        "--n",
+        "n",
+        "--d",
+        "tokens",
+        "--loss",
+        "val_loss",
+        "--fix-E",
+        "entropy",
+    ]
+    assert "--fix-E: entropy needs a known entropy rate" in _one_error_line(*_run(argv, capsys))
+    # With --entropy-rate it is that value (the CSV was generated with E = 1.69).
+    rc, out, _ = _run([*argv, "--entropy-rate", "1.69", "--bootstrap", "0", "--grid", "coarse", "--json"], capsys)
+    res = json.loads(out)
+    assert rc == 0 and res["E"] == 1.69
+    for k, tol in (("alpha", 0.05), ("beta", 0.1)):  # as test_fit_chinchilla_json, E now exact
+        assert res[k] == pytest.approx(TRUE[k], rel=tol), k
+
+
+def test_fit_power_and_bnsl_from_store(store: str, tmp_path, capsys) -> None:
+    # Noiseless runs at one budget D: L(N) = (E + B D^-beta) + A N^-alpha exactly, a saturating power law.
+    st = law_store(tmp_path / "one_d", d_models=(16, 24, 32, 48, 64, 96), tokens=(320_000,))
+    argv = ["fit", "power", "--store", str(st.path), "--x", "params", "--offset", "--bootstrap", "20", "--json"]
+    rc, out, err = _run(argv, capsys)
+    assert rc == 0, err
+    res = json.loads(out)
+    D = 2500 * 128  # 320,000 tokens in whole steps of 128
+    assert res["E"] == pytest.approx(LAW["E"] + LAW["B"] * D ** -LAW["beta"], rel=1e-6)
+    assert res["alpha"] == pytest.approx(LAW["alpha"], rel=1e-6) and res["A"] == pytest.approx(LAW["A"], rel=1e-5)
+    assert res["source"]["x"] == "params_nonembedding" and res["source"]["y"] == "final_val_loss"
+    # On the grid store a law in N alone mixes budgets: said so; --where selects one.
+    rc, out, _ = _run(["fit", "power", "--store", store, "--x", "params", "--bootstrap", "0"], capsys)
+    assert rc == 0 and "note: the runs span 3 values of tokens" in out
+    argv = ["fit", "bnsl", "--store", str(st.path), "--x", "params", "--breaks", "0", "--bootstrap", "0", "--json"]
+    rc, out, err = _run(argv, capsys)
+    assert rc == 0, err
+    res = json.loads(out)
+    assert res["c0"] == pytest.approx(LAW["alpha"], rel=1e-4)  # BNSL with no break is the same law
+    rc, out, err = _run(["fit", "power", "--store", store, "--x", "nope", "--bootstrap", "0"], capsys)
+    assert "column 'nope' not in store" in _one_error_line(rc, out, err)
+
+
+def test_fit_frontier_csv(tmp_path, capsys) -> None:
+    T = {"E": 1.69, "A": 406.4, "B": 410.7, "alpha": 0.34, "beta": 0.28}
+    rows = []
+    for c in np.logspace(18, 22, 7):
+        n0 = (T["alpha"] * T["A"] / (T["beta"] * T["B"])) ** (1 / (T["alpha"] + T["beta"])) * (c / 6) ** (
+            T["beta"] / (T["alpha"] + T["beta"])
+        )
+        for f in (0.5, 1.0, 2.0):
+            rows.append({"flops": c, "loss": chinchilla_loss(n0 * f, c / (6 * n0 * f), **T)})
+    path = tmp_path / "iso.csv"
+    pd.DataFrame(rows).to_csv(path, index=False)
+    argv = ["fit", "frontier", "--csv", str(path), "--flops", "flops", "--loss", "loss", "--bootstrap", "20", "--json"]
+    rc, out, err = _run(argv, capsys)
+    assert rc == 0, err
+    res = json.loads(out)
+    # The frontier is each budget's compute-optimal run, on which L(C) = E + A C^-gamma exactly.
+    assert res["law"] == "compute_frontier" and res["frontier"]["points"] == 7 and len(res["frontier_runs"]) == 7
+    assert res["gamma"] == pytest.approx(T["alpha"] * T["beta"] / (T["alpha"] + T["beta"]), rel=1e-6)
+    assert res["E"] == pytest.approx(T["E"], rel=1e-6)
+
+
+def test_fit_auto_on_a_store(store: str, capsys) -> None:
+    argv = ["fit", "auto", "--store", store, "--grid", "coarse", "--starts", "4", "--bootstrap", "10"]
+    rc, out, err = _run([*argv, "--json"], capsys)
+    assert rc == 0, err
+    res = json.loads(out)
+    names = {c["name"] for c in res["candidates"]}
+    assert {"chinchilla", "chinchilla_fixed_E", "chinchilla_shared", "chinchilla_fixed_E_shared", "frontier"} <= names
+    assert res["scale"] == "N" and len(res["scales"]) == 4 and res["entropy_rate"] == LAW["E"]
+    chosen = next(c for c in res["candidates"] if c["name"] == res["chosen"])
+    # Data from the law itself (0.3% noise): the chosen law extrapolates the held-out largest size within 2%.
+    assert chosen["eligible"] and chosen["largest_scale_error"] < 0.02
+    assert res["reason"].startswith(chosen["label"]) and "held-out largest N" in res["reason"]
+    from scalescope.cli.fit import _print_text
+
+    _print_text(res)  # the text form of the same result (a second run would double the time)
+    out = capsys.readouterr().out
+    assert "chosen: " in out and "why: " in out and "skipped power_N" in out and "<- chosen" in out

@@ -41,7 +41,8 @@ def test_steps_examples_noisy_interval_covers_truth() -> None:
         assert lo <= truth <= hi, (name, lo, hi)
     # 3% noise on 11 points: B_crit's bootstrap s.d. here is 2.6%; 10% is ~4 s.d.
     assert fit.B_crit == pytest.approx(1000.0, rel=0.10)
-    assert set(fit.as_dict()) == {"S_min", "E_min", "B_crit", "ci", "n_points"}
+    assert set(fit.as_dict()) == {"S_min", "E_min", "B_crit", "ci", "n_points", "diagnostics"}
+    assert fit.diagnostics is not None and fit.diagnostics.verdict == "ok"  # 11 points, 2 parameters
 
 
 def test_steps_examples_bad_input() -> None:

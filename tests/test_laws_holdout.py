@@ -52,3 +52,47 @@ def test_holdout_k_is_checked() -> None:
         holdout_largest(PowerLaw(bootstrap=0), x, x**-0.2, 6)
     with pytest.raises(FitError, match="need at least 3 points"):
         holdout_largest(PowerLaw(bootstrap=0), x, x**-0.2, 4)
+
+
+def test_holdout_status_reports_informative_coverage() -> None:
+    rng = np.random.default_rng(8)
+    x = np.logspace(6, 10, 30)
+    y = (1.8 + 200.0 * x**-0.3) * np.exp(rng.normal(0, 0.01, x.size))
+    res = holdout_largest(SaturatingPowerLaw(bootstrap=200, random_state=0), x, y, 4)
+    lo, hi = res.interval  # type: ignore[misc]
+    # The relative half-width is defined on the prediction: (hi - lo) / (2 predicted).
+    np.testing.assert_allclose(res.rel_half_width, (hi - lo) / (2 * res.predicted), rtol=1e-12)
+    # 1% noise, 26 points: intervals of a few percent, well under the 10% limit, so covered points count.
+    assert np.all(res.rel_half_width < 0.10)
+    assert res.status == ["covered" if c else "not covered" for c in res.covered]  # type: ignore[union-attr]
+    d = res.as_dict()
+    assert d["status"] == res.status and d["max_rel_half_width"] == 0.10 and d["verdict"] == "ok"
+    # The same interval judged against a stricter limit is uninformative, covered or not.
+    strict = holdout_largest(SaturatingPowerLaw(bootstrap=200, random_state=0), x, y, 4, max_rel_half_width=1e-4)
+    assert strict.status == ["uninformative"] * 4
+    with pytest.raises(FitError, match="max_rel_half_width"):
+        holdout_largest(PowerLaw(bootstrap=0), x, y, 4, max_rel_half_width=0.0)
+
+
+def test_a_wide_interval_that_covers_is_uninformative_not_a_success() -> None:
+    # 30% noise on 5 points: the interval is far wider than 10%, so covering the truth proves nothing.
+    rng = np.random.default_rng(3)
+    x = np.logspace(6, 9, 6)
+    y = 50.0 * x**-0.2 * np.exp(rng.normal(0, 0.3, x.size))
+    res = holdout_largest(PowerLaw(bootstrap=200, random_state=0), x, y, 1)
+    assert res.covered is not None and res.covered[0]
+    assert res.rel_half_width[0] > 0.10  # type: ignore[index]
+    assert res.status == ["uninformative"]
+
+
+class _NeverRefits(PowerLaw):
+    def _refit(self, X, y, p0):  # type: ignore[no-untyped-def]
+        raise ValueError("cannot fit this resample")
+
+
+def test_holdout_with_every_resample_failing_is_uninformative() -> None:
+    x = np.logspace(6, 9, 10)
+    y = 50.0 * x**-0.2 * np.exp(np.random.default_rng(4).normal(0, 0.02, x.size))
+    res = holdout_largest(_NeverRefits(bootstrap=10, random_state=0), x, y, 2)
+    assert res.status == ["uninformative", "uninformative"]
+    assert res.as_dict()["verdict"] == "unidentified"

@@ -124,3 +124,15 @@ def test_panels_skip_with_reasons_on_a_plain_store(tmp_path):
     assert "instruments.icl_regression" in reasons["icl_regression_error"]
     assert "data.task_pool" in reasons["task_diversity"]
     assert "capability metric" in reasons["capability_scale"]
+
+
+def test_run_small_multiples_share_the_y_axis(tmp_path):
+    """Per-run panels (ICL score, regression error) show one quantity each: their axes share y, so the runs'
+    heights compare at a glance (issue 11, item 9)."""
+    from scalescope.report.panels.emergence import _run_axes
+
+    st = Store(tmp_path / "s").ensure_writable()
+    ids = [fake_run(st, d, n, {"val_loss": 1.0}) for d, n in ((16, 1e4), (32, 4e4), (64, 1.6e5), (96, 3e5))]
+    fig, shown, axes = _run_axes(_ctx(st.path), ids, height=3.0)
+    assert len(shown) == 4 and len(axes) == 6  # a 2 x 3 grid, smallest model first
+    assert all(axes[0].get_shared_y_axes().joined(axes[0], ax) for ax in axes[1:])

@@ -72,7 +72,12 @@ def _ctx(path: Path) -> Context:
 
 
 def _sections(path: Path) -> dict:
-    return {s.key: s for s in build_sections(_ctx(path), INSTRUMENT_PANELS)}
+    """The instrument panels that are shown (those that do not apply are listed at the page's end)."""
+    return {s.key: s for s in build_sections(_ctx(path), INSTRUMENT_PANELS) if s.shown}
+
+
+def _skipped(path: Path) -> dict:
+    return {s.key: s.skipped for s in build_sections(_ctx(path), INSTRUMENT_PANELS) if not s.shown}
 
 
 def _synthetic(tmp_path: Path, rows_of, configs) -> Path:
@@ -105,6 +110,14 @@ def test_plain_store_has_no_instrument_panels(tmp_path):
 
     path = _synthetic(tmp_path, rows, [{"model": {"d_model": d}} for d in (16, 32)])
     assert _sections(path) == {}
+    # Each is listed, with what it lacks, in the page's closing "not shown" line.
+    assert _skipped(path) == {
+        "noise_scale": "no noise_scale metrics (instruments.noise_scale)",
+        "critical_batch": "needs runs at 3 or more batch sizes (train.batch_size) with val_loss",
+        "edge_of_stability": "no curvature metrics (instruments.curvature)",
+        "spectral_density": "no Hessian density saved (instruments.curvature with density)",
+        "covariance": "no covariance metrics (instruments.covariance)",
+    }
 
 
 def test_eos_thresholds_are_two_over_lr_and_adams(store):

@@ -41,10 +41,12 @@ def run_report(args: argparse.Namespace) -> int:
     check_positive(args, "bootstrap", allow_none=False)
     out = Path(args.out) if args.out else Path(args.store) / "report.html"
     sections = write_report(args.store, out, bootstrap=args.bootstrap, seed=args.seed)
-    skipped = [s for s in sections if s.skipped]
+    shown = [s for s in sections if s.shown]
+    failed = [s.key for s in sections if s.failed]
     print(
-        f"wrote {out} ({out.stat().st_size / 1024:.0f} KiB, {len(sections)} panels"
-        + (f"; skipped: {', '.join(s.key for s in skipped)}" if skipped else "")
+        f"wrote {out} ({out.stat().st_size / 1024:.0f} KiB, {len(shown)} panels shown, "
+        f"{len(sections) - len(shown)} not applicable to this store"
+        + (f"; FAILED: {', '.join(failed)}" if failed else "")
         + ")"
     )
     return 0

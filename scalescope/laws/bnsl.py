@@ -17,6 +17,7 @@ import numpy as np
 from scipy.optimize import least_squares
 from scipy.special import expit
 
+from ..errors import FitError
 from .base import FloatArray, Law, as_rng
 
 __all__ = ["BrokenNeuralScalingLaw"]
@@ -58,6 +59,13 @@ class BrokenNeuralScalingLaw(Law):
     feature_names = ("x",)
     target_name = "y"
     log_features = (True,)
+    # b trades off against c0 as A does against an exponent; the slope changes c0, c_i may take either sign.
+    nuisance_params = ("b",)
+    positive_params = ("a", "b")
+
+    @property
+    def signed_params(self) -> tuple[str, ...]:  # type: ignore[override]
+        return ("c0", *(f"c{i}" for i in range(1, self.n_breaks + 1)))
 
     def __init__(
         self,
@@ -90,10 +98,12 @@ class BrokenNeuralScalingLaw(Law):
         return np.concatenate([p[:3], *blocks]) if blocks else p
 
     def _to_z(self, p: FloatArray) -> FloatArray:
+        # Floors at the smallest positive float: a b that underflowed to 0 still maps to a finite log b.
+        tiny = np.finfo(float).tiny
         z = np.array(p, dtype=float)
-        z[1] = np.log(p[1])
+        z[1] = np.log(max(float(p[1]), tiny))
         for i in range(self.n_breaks):
-            z[4 + 3 * i : 6 + 3 * i] = np.log(p[4 + 3 * i : 6 + 3 * i])
+            z[4 + 3 * i : 6 + 3 * i] = np.log(np.maximum(p[4 + 3 * i : 6 + 3 * i], tiny))
         return z
 
     def _resid(self, z: FloatArray, lx: FloatArray, ly: FloatArray) -> FloatArray:
@@ -182,12 +192,18 @@ class BrokenNeuralScalingLaw(Law):
                 r = np.log(Zc[:, :1] + np.exp(_log_g(Zc, lx, self.n_breaks))) - ly
                 costs[i : i + 2000] = np.sum(r**2, axis=1)
         costs[~np.isfinite(costs)] = np.inf
+        lo, hi = self._bounds(lx)
+        self.bounds_ = {"a": (0.0, np.inf)}
+        for i in range(1, self.n_breaks + 1):
+            self.bounds_[f"d{i}"] = (float(np.exp(lo[1 + 3 * i])), float(np.exp(hi[1 + 3 * i])))
+            self.bounds_[f"f{i}"] = (float(np.exp(lo[2 + 3 * i])), float(np.exp(hi[2 + 3 * i])))
         best_z, best_cost = None, np.inf
         for k in np.argsort(costs)[: self.n_starts]:
             z, cost = self._solve(Z[k], lx, ly)
             if cost < best_cost:
                 best_z, best_cost = z, cost
-        assert best_z is not None
+        if best_z is None:
+            raise FitError("BrokenNeuralScalingLaw: least squares failed from every starting point")
         self.objective_ = best_cost
         return self._to_p(best_z)
 

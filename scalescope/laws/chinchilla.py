@@ -19,6 +19,16 @@ OpenBLAS for its tiny matrices; on our 2-core machines with another process busy
 take 8-18 s of CPU instead of 0.4-0.6 s (BFGS: 0.6 s either way, same optimum, measured 2026-11-22).
 ``optimizer="l-bfgs-b"`` restores L-BFGS-B (fast with ``OPENBLAS_NUM_THREADS=1``).
 
+Constrained fits (options ``fix_E``, ``shared_exponent``, ``E_min``) keep the method and the parameters
+(E, A, B, α, β): a fixed E (e.g. a language's known entropy rate, the floor no model can beat) is held at
+its value, a shared exponent ties β to α (the symmetric form Hoffmann et al.'s fit nearly has, α 0.34 vs
+β 0.28; Besiroglu et al. 2024: 0.35 vs 0.37), and a floor E ≥ E_min is built in by writing E = E_min +
+exp(e). The loss becomes L = c + exp(LSE(a − α log N, b − β log D[, e])) with c the fixed E or the floor;
+the same Huber objective is minimised over the free parameters only, from the same grid (collapsed onto
+the free coordinates), with the same polish, and the bootstrap refits under the same constraints. Fewer
+free parameters are what few points can pin down; ``scalescope fit auto`` (:mod:`scalescope.laws.select`)
+asks the held-out scales which form the data support.
+
 Compute-optimal allocation under C = 6ND (Hoffmann et al. 2022, sec. 3.3, eq. 4; appendix D.2):
 N_opt(C) = G (C/6)^a, D_opt(C) = G^(−1) (C/6)^b, G = (αA / (βB))^(1/(α+β)), a = β/(α+β), b = α/(α+β).
 """
@@ -26,13 +36,15 @@ N_opt(C) = G (C/6)^a, D_opt(C) = G^(−1) (C/6)^b, G = (αA / (βB))^(1/(α+β))
 from __future__ import annotations
 
 import itertools
+import math
+from dataclasses import dataclass
 from typing import Any, Literal
 
 import numpy as np
 from numpy.typing import ArrayLike
 from scipy.optimize import least_squares, minimize
 
-from ..errors import FitError
+from ..errors import ConfigError, FitError
 from .base import FloatArray, Law, percentile_interval
 
 __all__ = [
@@ -52,8 +64,11 @@ def chinchilla_loss(N: ArrayLike, D: ArrayLike, E: float, A: float, B: float, al
 
 
 def compute_optimal_exponents(alpha: float, beta: float) -> tuple[float, float]:
-    """Exponents (a, b) of N_opt ∝ C^a and D_opt ∝ C^b: a = β/(α+β), b = α/(α+β) (Hoffmann eq. 4)."""
-    return beta / (alpha + beta), alpha / (alpha + beta)
+    """Exponents (a, b) of N_opt ∝ C^a and D_opt ∝ C^b: a = β/(α+β), b = α/(α+β) (Hoffmann eq. 4).
+    A degenerate fit with α + β = 0 gives NaN or inf, not a division error."""
+    with np.errstate(divide="ignore", invalid="ignore"):
+        s = np.float64(alpha) + np.float64(beta)
+        return float(np.float64(beta) / s), float(np.float64(alpha) / s)
 
 
 def compute_optimal_allocation(C: ArrayLike, *, A: float, B: float, alpha: float, beta: float) -> tuple[Any, Any]:
@@ -62,9 +77,11 @@ def compute_optimal_allocation(C: ArrayLike, *, A: float, B: float, alpha: float
     G = (αA/(βB))^(1/(α+β)); N_opt = G (C/6)^a; D_opt = G^(−1) (C/6)^b. (E does not enter.)
     """
     a, b = compute_optimal_exponents(alpha, beta)
-    G = (alpha * A / (beta * B)) ** (1.0 / (alpha + beta))
-    c6 = np.asarray(C, dtype=float) / 6.0
-    return G * c6**a, c6**b / G
+    al, be, A_, B_ = (np.float64(v) for v in (alpha, beta, A, B))
+    with np.errstate(all="ignore"):  # a degenerate fit (B or β at 0) gives inf or NaN, not a division error
+        G = (al * A_ / (be * B_)) ** (1.0 / (al + be))
+        c6 = np.asarray(C, dtype=float) / 6.0
+        return G * c6**a, c6**b / G
 
 
 def hoffmann_grid(kind: Literal["hoffmann", "coarse"] = "hoffmann") -> FloatArray:
@@ -145,8 +162,10 @@ def _theta_to_params(theta: FloatArray) -> FloatArray:
 
 
 def _params_to_theta(p: FloatArray) -> FloatArray:
+    # A fit whose E (or A, B) underflowed to exactly 0 restarts from the smallest positive float, not log 0.
     E, A, B, alpha, beta = p
-    return np.array([np.log(A), np.log(B), np.log(E), alpha, beta])
+    tiny = np.finfo(float).tiny
+    return np.array([np.log(max(A, tiny)), np.log(max(B, tiny)), np.log(max(E, tiny)), alpha, beta])
 
 
 # Tight on purpose (see huber_lse_objective): stopping is decided by the polish comparison, not by luck.
@@ -154,6 +173,100 @@ _LOCAL_OPTIONS = {
     "bfgs": ("BFGS", {"maxiter": 10_000, "gtol": 1e-10}),
     "l-bfgs-b": ("L-BFGS-B", {"maxiter": 10_000, "ftol": 1e-15, "gtol": 1e-10}),
 }
+
+
+# --- constrained forms: L = c + exp(LSE(a − α log N, b − β log D[, e])) over the free coordinates -------
+
+
+@dataclass(frozen=True)
+class _Form:
+    """Which of θ = (a, b, e, α, β) are free, and the offset c (a fixed E, or the floor E_min; 0: none).
+
+    ``with_e``: E has a free part exp(e) (False when E is fixed); ``shared``: β is tied to α. The free
+    vector z is θ at :attr:`free`; θ = P z (β = α when shared).
+    """
+
+    c: float
+    with_e: bool
+    shared: bool
+
+    @property
+    def free(self) -> list[int]:
+        return [0, 1] + ([2] if self.with_e else []) + [3] + ([] if self.shared else [4])
+
+    def P(self) -> FloatArray:
+        free = self.free
+        P = np.zeros((5, len(free)))
+        P[free, np.arange(len(free))] = 1.0
+        if self.shared:
+            P[4, free.index(3)] = 1.0
+        return P
+
+    def theta(self, z: FloatArray) -> FloatArray:
+        """θ rows for z rows ((k,) -> (5,), (m, k) -> (m, 5)); e is −inf when E has no free part."""
+        Z = np.atleast_2d(z)
+        T = Z @ self.P().T
+        if not self.with_e:
+            T[:, 2] = -np.inf
+        return T if np.ndim(z) == 2 else T[0]
+
+    def params(self, z: FloatArray) -> FloatArray:
+        """(E, A, B, α, β) of the free vector z."""
+        a, b, e, alpha, beta = self.theta(z)
+        E = self.c + (np.exp(e) if self.with_e else 0.0)
+        return np.array([E, np.exp(a), np.exp(b), alpha, beta])
+
+    def z_of_params(self, p: FloatArray) -> FloatArray:
+        """The free vector of parameters p (E at or below the floor is started just above it)."""
+        E, A, B, alpha, beta = p
+        e = np.log(max(E - self.c, 1e-300)) if self.with_e else 0.0
+        return np.array([np.log(A), np.log(B), e, alpha, beta])[self.free]
+
+    def log_loss(self, z: FloatArray, lN: FloatArray, lD: FloatArray) -> tuple[FloatArray, FloatArray]:
+        """log L̂ at every point and d log L̂ / dz (n, k); z = (a, b[, e], α[, β])."""
+        a, b = z[0], z[1]
+        k = 3 if self.with_e else 2
+        alpha = z[k]
+        beta = alpha if self.shared else z[k + 1]
+        u0, u1 = a - alpha * lN, b - beta * lD
+        if self.with_e:
+            m = np.maximum(np.maximum(u0, u1), z[2])
+            e0, e1, e2 = np.exp(u0 - m), np.exp(u1 - m), np.exp(z[2] - m)
+            s = e0 + e1 + e2
+        else:
+            m = np.maximum(u0, u1)
+            e0, e1 = np.exp(u0 - m), np.exp(u1 - m)
+            s = e0 + e1
+        lse = m + np.log(s)
+        scale = 1.0 / s
+        if self.c > 0:
+            log_l = np.logaddexp(np.log(self.c), lse)
+            scale = scale * np.exp(lse - log_l)  # d log(c + e^lse) = (e^lse / (c + e^lse)) d lse
+        else:
+            log_l = lse
+        w0, w1 = e0 * scale, e1 * scale
+        cols = [w0, w1] + ([e2 * scale] if self.with_e else [])
+        if self.shared:
+            cols.append(-w0 * lN - w1 * lD)
+        else:
+            cols += [-w0 * lN, -w1 * lD]
+        return log_l, np.column_stack(cols)
+
+    def grid_log_loss(self, Z: FloatArray, lN: FloatArray, lD: FloatArray) -> FloatArray:
+        """log L̂ for many z at once, (m, n)."""
+        T = self.theta(np.atleast_2d(Z))
+        a, b, e, al, be = (c[:, None] for c in T.T)
+        out = np.logaddexp(a - al * lN, b - be * lD)
+        if self.with_e:
+            out = np.logaddexp(out, e)
+        if self.c > 0:
+            out = np.logaddexp(np.log(self.c), out)
+        return out
+
+
+def _huber(r: FloatArray, delta: float) -> FloatArray:
+    ar = np.abs(r)
+    return np.where(ar <= delta, 0.5 * r * r, delta * (ar - 0.5 * delta))
 
 
 class ChinchillaLaw(Law):
@@ -171,10 +284,16 @@ class ChinchillaLaw(Law):
       ``bootstrap``, ``random_state``: see :class:`~scalescope.laws.base.Law`. Each resample is refitted by
       the Huber least-squares method warm-started at the full-data θ; on 245 points it reaches the same
       optimum as L-BFGS-B (objective within 1e-14) in ~8 evaluations, ~2.4x faster.
+      ``fix_E``: hold E at this value (>= 0 and below the smallest loss; e.g. a known entropy rate).
+      ``shared_exponent``: fit one exponent, α = β.
+      ``E_min``: the floor E >= E_min (default 0: E >= 0; e.g. the entropy rate, below which no model goes).
+      Constrained fits keep the five parameters; the constrained ones are listed in ``fixed_params_``
+      (β when shared: it is α) and have zero-width intervals by construction.
 
     Fitted, besides the base attributes: ``objective_`` (Σ Huber_δ, Hoffmann's units),
     ``optimizer_`` (diagnostics: starts run, how many reached the best, polish gain),
-    ``compute_optimal_exponents_`` (a, b) and, via the bootstrap, ``derived_ci_`` for a, b.
+    ``compute_optimal_exponents_`` (a, b), via the bootstrap ``derived_ci_`` for a, b, and ``bounds_``
+    (the optimizer's bounds: E >= E_min, A, B > 0).
     """
 
     feature_names = ("N", "D")
@@ -189,6 +308,9 @@ class ChinchillaLaw(Law):
         n_starts: int | None = 64,
         optimizer: Literal["bfgs", "l-bfgs-b"] = "bfgs",
         polish: bool = True,
+        fix_E: float | None = None,
+        shared_exponent: bool = False,
+        E_min: float = 0.0,
         bootstrap: int = 1000,
         random_state: int | np.random.Generator | None = None,
     ):
@@ -197,12 +319,59 @@ class ChinchillaLaw(Law):
         self.n_starts = n_starts
         self.optimizer = optimizer
         self.polish = polish
+        self.fix_E = fix_E
+        self.shared_exponent = shared_exponent
+        self.E_min = E_min
         self.bootstrap = bootstrap
         self.random_state = random_state
 
     @property
     def param_names(self) -> tuple[str, ...]:
         return PARAM_NAMES
+
+    # -- constraints ------------------------------------------------------------------------------------
+    @property
+    def fixed_params_(self) -> set[str]:
+        """Parameters the options fix rather than the data: E with ``fix_E``, β with ``shared_exponent``
+        (it equals α). Diagnostics skip them."""
+        return ({"E"} if self.fix_E is not None else set()) | ({"beta"} if self.shared_exponent else set())
+
+    @property
+    def n_free_params(self) -> int:
+        return len(PARAM_NAMES) - len(self.fixed_params_)
+
+    def min_points(self) -> int:
+        """One more point than free parameters."""
+        return self.n_free_params + 1
+
+    def _form(self) -> _Form | None:
+        """The constrained form, or None for the unconstrained default (fitted exactly as before)."""
+        if self.fix_E is None and not self.shared_exponent and self.E_min == 0:
+            return None
+        c = float(self.fix_E) if self.fix_E is not None else float(self.E_min)
+        return _Form(c=c, with_e=self.fix_E is None, shared=bool(self.shared_exponent))
+
+    def _check_constraints(self, y: FloatArray) -> None:
+        """Options against each other and against the data (one-line errors naming the option)."""
+        for name in ("fix_E", "E_min"):
+            v = getattr(self, name)
+            if v is not None and not (isinstance(v, (int, float)) and math.isfinite(v) and v >= 0):
+                raise ConfigError(f"must be a number >= 0, got {v!r}", field=name)
+        lo = float(np.min(y))
+        if self.fix_E is not None:
+            if self.fix_E >= lo:
+                raise ConfigError(
+                    f"{self.fix_E:.6g} is not below the smallest observed loss {lo:.6g}: the law's losses all "
+                    "exceed E, so no fit with this E exists",
+                    field="fix_E",
+                )
+            if self.E_min > self.fix_E:
+                raise ConfigError(f"{self.fix_E:.6g} is below E_min={self.E_min:.6g}", field="fix_E")
+        elif self.E_min >= lo:
+            raise ConfigError(
+                f"{self.E_min:.6g} is not below the smallest observed loss {lo:.6g}: the law's losses all exceed E",
+                field="E_min",
+            )
 
     def _starts(self) -> FloatArray:
         if isinstance(self.grid, str):
@@ -235,7 +404,15 @@ class ChinchillaLaw(Law):
             raise ValueError(f"delta must be > 0, got {self.delta}")
         if self.optimizer not in _LOCAL_OPTIONS:
             raise ValueError(f"optimizer must be 'bfgs' or 'l-bfgs-b', got {self.optimizer!r}")
+        self._check_constraints(y)
+        # E = E_min + exp(e) and A, B = exp(.) never cross these; the diagnostics flag a parameter on one.
+        self.bounds_ = {"A": (0.0, math.inf), "B": (0.0, math.inf)}
+        if self.fix_E is None:
+            self.bounds_["E"] = (float(self.E_min), math.inf)
         method, options = _LOCAL_OPTIONS[self.optimizer]
+        form = self._form()
+        if form is not None:
+            return self._fit_constrained(form, lN, lD, lL, delta, method, options)
         starts = self._starts()
         order = np.argsort(_grid_objective(starts, lN, lD, lL, delta))
         if self.n_starts is not None:
@@ -275,8 +452,100 @@ class ChinchillaLaw(Law):
         return _theta_to_params(theta)
 
     def _refit(self, X: FloatArray, y: FloatArray, p0: FloatArray) -> FloatArray:
-        theta = self._least_squares(_params_to_theta(p0), np.log(X[:, 0]), np.log(X[:, 1]), np.log(y))
+        form = self._form()
+        lN, lD, lL = np.log(X[:, 0]), np.log(X[:, 1]), np.log(y)
+        if form is not None:  # the resample is refitted under the same constraints
+            return form.params(self._least_squares_form(form, form.z_of_params(p0), lN, lD, lL))
+        theta = self._least_squares(_params_to_theta(p0), lN, lD, lL)
         return _theta_to_params(theta)
+
+    def _least_squares_form(
+        self, form: _Form, z0: FloatArray, lN: FloatArray, lD: FloatArray, lL: FloatArray
+    ) -> FloatArray:
+        def resid(z: FloatArray) -> FloatArray:
+            return form.log_loss(z, lN, lD)[0] - lL
+
+        def jac(z: FloatArray) -> FloatArray:
+            return form.log_loss(z, lN, lD)[1]
+
+        res = least_squares(
+            resid,
+            z0,
+            jac=jac,
+            loss="huber",
+            f_scale=self.delta,
+            method="trf",
+            x_scale="jac",
+            ftol=1e-12,
+            xtol=1e-12,
+            gtol=1e-12,
+            max_nfev=2000,
+        )
+        return res.x
+
+    def _constrained_starts(self, form: _Form) -> FloatArray:
+        """The grid on the free coordinates (duplicates of the collapsed coordinates removed)."""
+        if isinstance(self.grid, str):
+            Z = hoffmann_grid(self.grid)[:, form.free]  # type: ignore[arg-type]
+        else:
+            p = np.atleast_2d(np.asarray(self.grid, dtype=float))
+            if p.shape[1] != 5 or np.any(p[:, 1:3] <= 0):
+                raise ValueError("grid array must have rows (E, A, B, alpha, beta) with A, B > 0")
+            Z = np.array([form.z_of_params(q) for q in p])
+        return np.unique(Z, axis=0)
+
+    def _fit_constrained(
+        self,
+        form: _Form,
+        lN: FloatArray,
+        lD: FloatArray,
+        lL: FloatArray,
+        delta: float,
+        method: str,
+        options: dict[str, Any],
+    ) -> FloatArray:
+        """Hoffmann's procedure (grid, quasi-Newton from the best starts, least-squares polish) on the free
+        coordinates of ``form``; the objective is the same Σ Huber_δ(log L̂ − log L) / δ."""
+
+        def objective(z: FloatArray) -> tuple[float, FloatArray]:
+            log_l, J = form.log_loss(z, lN, lD)
+            r = log_l - lL
+            return float(_huber(r, delta).sum() / delta), J.T @ (np.clip(r, -delta, delta) / delta)
+
+        Z = self._constrained_starts(form)
+        f0 = np.empty(len(Z))
+        chunk = max(1, 2_000_000 // max(len(lN), 1))
+        for i in range(0, len(Z), chunk):
+            r = form.grid_log_loss(Z[i : i + chunk], lN, lD) - lL
+            f0[i : i + chunk] = _huber(r, delta).sum(axis=1) / delta
+        order = np.argsort(f0)
+        if self.n_starts is not None:
+            order = order[: self.n_starts]
+        results = []
+        with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
+            for k in order:
+                res = minimize(objective, Z[k], jac=True, method=method, options=options)
+                if np.all(np.isfinite(res.x)) and np.isfinite(res.fun):
+                    results.append((float(res.fun), res.x))
+        if not results:
+            raise FitError(f"ChinchillaLaw: {method} failed from every starting point")
+        f_local, z = min(results, key=lambda t: t[0])
+        f_best = f_local
+        if self.polish:
+            z_ls = self._least_squares_form(form, z, lN, lD, lL)
+            f_ls = objective(z_ls)[0]
+            if np.all(np.isfinite(z_ls)) and f_ls < f_best:
+                z, f_best = z_ls, f_ls
+        fs = np.array([f for f, _ in results])
+        self.optimizer_ = {
+            "starts_run": len(order),
+            "starts_at_best": int(np.sum(fs <= f_local + 1e-9 * max(1.0, abs(f_local)))),
+            "local_objective": f_local * delta,
+            "polished_objective": f_best * delta,
+            "polish_gain": (f_local - f_best) * delta,
+        }
+        self.objective_ = f_best * delta
+        return form.params(z)
 
     def _predict_params(self, p: FloatArray, X: FloatArray) -> FloatArray:
         return chinchilla_loss(X[:, 0], X[:, 1], *p)
@@ -289,7 +558,8 @@ class ChinchillaLaw(Law):
         self.compute_optimal_exponents_ = compute_optimal_exponents(p["alpha"], p["beta"])
         if len(self.bootstrap_params_):
             al, be = self.bootstrap_params_[:, 3], self.bootstrap_params_[:, 4]
-            lo, hi = percentile_interval(np.column_stack([be / (al + be), al / (al + be)]), 0.95)
+            with np.errstate(divide="ignore", invalid="ignore"):
+                lo, hi = percentile_interval(np.column_stack([be / (al + be), al / (al + be)]), 0.95)
             self.derived_ci_ = {"a": (float(lo[0]), float(hi[0])), "b": (float(lo[1]), float(hi[1]))}
         else:
             self.derived_ci_ = {"a": (np.nan, np.nan), "b": (np.nan, np.nan)}
@@ -313,11 +583,26 @@ class ChinchillaLaw(Law):
             "a": a,
             "b": b,
             "ci": {k: list(v) for k, v in self.derived_ci_.items()},
-            "G": float(
-                (self.params_["alpha"] * self.params_["A"] / (self.params_["beta"] * self.params_["B"]))
-                ** (1.0 / (self.params_["alpha"] + self.params_["beta"]))
-            ),
+            "G": self._G(),
         }
         out["objective"] = self.objective_
         out["optimizer"] = self.optimizer_
+        out["constraints"] = self.constraints()
         return out
+
+    def _G(self) -> float:
+        """G = (αA/(βB))^(1/(α+β)) (Hoffmann et al. appendix D.2); NaN or inf for a degenerate fit."""
+        p = {k: np.float64(v) for k, v in self.params_.items()}
+        with np.errstate(all="ignore"):
+            return float((p["alpha"] * p["A"] / (p["beta"] * p["B"])) ** (1.0 / (p["alpha"] + p["beta"])))
+
+    def constraints(self) -> dict[str, Any]:
+        """The constraint options and what they fix (JSON-ready): fix_E, shared_exponent, E_min, the fixed
+        parameters and the count of free ones."""
+        return {
+            "fix_E": self.fix_E,
+            "shared_exponent": bool(self.shared_exponent),
+            "E_min": float(self.E_min),
+            "fixed": sorted(self.fixed_params_),
+            "free_params": self.n_free_params,
+        }

@@ -20,6 +20,7 @@ from scipy.optimize import nnls
 
 from ..errors import FitError
 from .base import FloatArray, Law, as_rng, check_finite, check_positive, percentile_interval
+from .diagnostics import FitDiagnostics, assess_fit
 
 __all__ = ["CriticalBatchLaw", "StepsExamplesFit", "fit_steps_examples"]
 
@@ -36,6 +37,8 @@ class CriticalBatchLaw(Law):
     feature_names = ("loss",)
     target_name = "B_crit"
     log_features = (True,)
+    nuisance_params = ("B_star",)  # B* = B_crit at L = 1: an extrapolation that trades off against α_B
+    positive_params = ("B_star",)
 
     def __init__(self, *, bootstrap: int = 1000, random_state: int | np.random.Generator | None = None):
         self.bootstrap = bootstrap
@@ -49,8 +52,10 @@ class CriticalBatchLaw(Law):
         ll = np.log(X[:, 0])
         design = np.column_stack([np.ones_like(ll), ll])
         (log_b, slope), *_ = np.linalg.lstsq(design, np.log(y), rcond=None)
-        alpha_b = -1.0 / slope if slope != 0 else np.inf
-        return np.array([np.exp(log_b), alpha_b])
+        # α_B = −1/slope: a B_crit that does not change with the loss (to rounding) has no finite exponent.
+        if abs(slope) * max(float(np.ptp(ll)), 1e-300) <= 1e-12 * max(1.0, float(np.max(np.abs(np.log(y))))):
+            raise FitError("B_crit does not change with the loss: alpha_B = -1/slope is infinite")
+        return np.array([np.exp(log_b), -1.0 / slope])
 
     def _predict_params(self, p: FloatArray, X: FloatArray) -> FloatArray:
         return p[0] * X[:, 0] ** (-1.0 / p[1])
@@ -58,7 +63,9 @@ class CriticalBatchLaw(Law):
 
 @dataclass(frozen=True)
 class StepsExamplesFit:
-    """S_min, E_min and B_crit = E_min/S_min with percentile bootstrap intervals (``ci``, at ``level``)."""
+    """S_min, E_min and B_crit = E_min/S_min with percentile bootstrap intervals (``ci``, at ``level``;
+    NaN for a quantity the data do not pin, see ``diagnostics``: S_min or E_min at its bound 0, an interval
+    over a decade wide, most resamples failed)."""
 
     S_min: float
     E_min: float
@@ -68,6 +75,7 @@ class StepsExamplesFit:
     level: float
     bootstrap_draws: FloatArray  # (successful resamples, 3): S_min, E_min, B_crit
     n_bootstrap_failed: int
+    diagnostics: FitDiagnostics | None = None
 
     def steps(self, batch_size: ArrayLike) -> Any:
         """S(B) = S_min (1 + B_crit/B), the steps to the target loss at batch size B (from eq. 5.1)."""
@@ -80,6 +88,7 @@ class StepsExamplesFit:
             "B_crit": self.B_crit,
             "ci": {k: list(v) for k, v in self.ci.items()},
             "n_points": self.n_points,
+            "diagnostics": None if self.diagnostics is None else self.diagnostics.as_dict(),
         }
 
 
@@ -122,11 +131,29 @@ def fit_steps_examples(
         if len(np.unique(Ea[idx] / Sa[idx])) >= 2:
             draws[i] = _solve_hyperbola(Sa[idx], Ea[idx])
     ok = np.all(np.isfinite(draws), axis=1)
+    names = ("S_min", "E_min", "B_crit")
     if ok.any():
         lo, hi = percentile_interval(draws[ok], level)
-        ci = {k: (float(a), float(b)) for k, a, b in zip(("S_min", "E_min", "B_crit"), lo, hi, strict=True)}
+        ci = {k: (float(a), float(b)) for k, a, b in zip(names, lo, hi, strict=True)}
     else:
-        ci = {k: (np.nan, np.nan) for k in ("S_min", "E_min", "B_crit")}
+        ci = {k: (np.nan, np.nan) for k in names}
+    # NNLS puts S_min or E_min exactly at 0 when the data ask for less: B_crit is then 0 or undefined.
+    resid = est[0] / Sa + est[1] / Ea - 1.0
+    diag = assess_fit(
+        names=names[:2],
+        values=est[:2],
+        raw_ci=ci,
+        n_points=int(Sa.size),
+        n_bootstrap=int(bootstrap),
+        n_failed=int((~ok).sum()),
+        at_bound={k: 0.0 for k, v in zip(names[:2], est[:2], strict=True) if v == 0.0},
+        collinear={},
+        fixed_sign=names[:2],
+        residual_scale=float(np.sqrt(np.mean(resid**2))),
+    )
+    for k in names[:2]:
+        if not diag.parameters[k].pinned:
+            ci[k] = ci["B_crit"] = (np.nan, np.nan)
     return StepsExamplesFit(
         S_min=float(est[0]),
         E_min=float(est[1]),
@@ -136,4 +163,5 @@ def fit_steps_examples(
         level=level,
         bootstrap_draws=draws[ok],
         n_bootstrap_failed=int((~ok).sum()),
+        diagnostics=diag,
     )

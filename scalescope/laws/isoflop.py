@@ -19,6 +19,7 @@ al. 2024 found the published Approach-3 fit inconsistent with Approaches 1–2 a
 
 from __future__ import annotations
 
+import warnings
 from typing import Any
 
 import numpy as np
@@ -33,6 +34,7 @@ from .base import (
     check_positive,
     percentile_interval,
 )
+from .diagnostics import FitDiagnostics, assess_fit
 
 __all__ = ["IsoFLOPAnalysis"]
 
@@ -54,7 +56,11 @@ def group_budgets(C: FloatArray, rtol: float) -> tuple[FloatArray, FloatArray]:
 
 def _vertex(lN: FloatArray, loss: FloatArray) -> tuple[float, float, float]:
     """(log N at the vertex, loss there, curvature) of the least-squares parabola loss(log N)."""
-    c2, c1, c0 = np.polyfit(lN, loss, 2)
+    with warnings.catch_warnings():
+        # Nearly equal N at one budget make polyfit warn of a poorly conditioned fit; the vertex is then
+        # NaN or far outside the sampled range, which the caller reports.
+        warnings.simplefilter("ignore")
+        c2, c1, c0 = np.polyfit(lN, loss, 2)
     if not c2 > 0:
         return np.nan, np.nan, float(c2)
     x = -c1 / (2 * c2)
@@ -72,7 +78,10 @@ class IsoFLOPAnalysis(Estimator):
 
     Fitted: ``budgets_``, ``n_opt_``, ``d_opt_`` (= C/(6 N_opt)), ``loss_opt_``, ``vertex_in_range_``
     (whether each vertex lies inside the N sampled at that budget), ``a_``, ``b_`` (= 1 − a),
-    ``intercept_`` (log N_opt = intercept + a log C), ``ci_`` {"a", "b"}, ``bootstrap_params_`` (draws of a).
+    ``intercept_`` (log N_opt = intercept + a log C), ``ci_`` {"a", "b"}, ``bootstrap_params_`` (draws of a),
+    ``n_bootstrap_failed_``, ``diagnostics_`` (:class:`~scalescope.laws.diagnostics.FitDiagnostics` of a:
+    one point per budget, two parameters, intercept and a; ``weak`` when a vertex lies outside the sizes
+    sampled at its budget, since the parabola then extrapolates; ``ci_`` is NaN when a is unpinned).
     ``predict(C)`` returns N_opt(C).
     """
 
@@ -146,12 +155,42 @@ class IsoFLOPAnalysis(Estimator):
             if bok.sum() >= 2:
                 draws[i] = self._exponent(lcb[bok], bx[bok])[0]
         self.bootstrap_params_ = draws[np.isfinite(draws)]
+        self.n_bootstrap_failed_ = int(np.sum(~np.isfinite(draws)))
+        a_ci = (np.nan, np.nan)
         if len(self.bootstrap_params_):
             lo, hi = percentile_interval(self.bootstrap_params_[:, None], 0.95)
-            self.ci_ = {"a": (float(lo[0]), float(hi[0])), "b": (float(1 - hi[0]), float(1 - lo[0]))}
-        else:
-            self.ci_ = {"a": (np.nan, np.nan), "b": (np.nan, np.nan)}
+            a_ci = (float(lo[0]), float(hi[0]))
+        self.diagnostics_ = self._diagnose(a_ci)
+        if not self.diagnostics_.parameters["a"].pinned:
+            a_ci = (np.nan, np.nan)  # not shown as if informative; the reason is in diagnostics_
+        self.ci_ = {"a": a_ci, "b": (1 - a_ci[1], 1 - a_ci[0])}
         return self
+
+    def _diagnose(self, a_ci: tuple[float, float]) -> FitDiagnostics:
+        """Diagnostics of the exponent a: the line log N_opt = intercept + a log C through one vertex per
+        budget has 2 parameters (two budgets fit it exactly: no scatter left to judge it by)."""
+        n = len(self.budgets_)
+        collinear = {"a": ["the intercept"]} if n < 2 else {}
+        diag = assess_fit(
+            names=["intercept", "a"],
+            values=np.array([self.intercept_, self.a_]),
+            raw_ci={"a": a_ci},
+            n_points=n,
+            n_bootstrap=int(self.bootstrap),
+            n_failed=self.n_bootstrap_failed_,
+            at_bound={},
+            collinear=collinear,
+            nuisance=["intercept"],
+            fixed_sign=["a"],
+            residual_scale=float(np.std(np.log(self.n_opt_) - self.intercept_ - self.a_ * np.log(self.budgets_))),
+        )
+        outside = int(np.sum(~self.vertex_in_range_))
+        if outside:
+            diag = diag.downgraded(
+                "weak",
+                f"{outside} of {n} vertices lie outside the sizes sampled at their budget (extrapolated parabola)",
+            )
+        return diag
 
     def predict(self, C: ArrayLike) -> Any:
         """N_opt(C) from the fitted power law."""
@@ -170,4 +209,5 @@ class IsoFLOPAnalysis(Estimator):
             "n_opt": self.n_opt_.tolist(),
             "vertex_in_range": self.vertex_in_range_.tolist(),
             "n_points": self.n_points_,
+            "diagnostics": self.diagnostics_.as_dict(),
         }

@@ -48,6 +48,14 @@ class SigmoidLaw(Law):
     ``log_residual_scale_`` are NaN (y may be 0).
     """
 
+    # Fitted on y (accuracies may be 0), resampled by points: accuracy noise is binomial, larger mid-way
+    # through a transition than at its ends, so residuals are not exchangeable (Efron & Tibshirani 1993,
+    # sec. 9.5). lo and hi may take either sign and are not judged on the decade rule.
+    resampling = "pairs"
+    nuisance_params = ()
+    positive_params = ("x0", "w")
+    signed_params = ("lo", "hi")
+
     def __init__(
         self,
         *,
@@ -65,6 +73,12 @@ class SigmoidLaw(Law):
 
     def min_points(self) -> int:
         return 5
+
+    def _link(self, v: FloatArray) -> FloatArray:
+        return v
+
+    def _unlink(self, z: FloatArray) -> FloatArray:
+        return z
 
     # Optimisation variables z = (lo, hi, log x0, log w).
     @staticmethod
@@ -107,6 +121,8 @@ class SigmoidLaw(Law):
     def _fit_params(self, X: FloatArray, y: FloatArray) -> FloatArray:
         lx = np.log(X[:, 0])
         span = max(float(np.ptp(lx)), 1e-12)
+        blo, bhi = self._bounds(lx)
+        self.bounds_ = {"x0": (math.exp(blo[2]), math.exp(bhi[2])), "w": (math.exp(blo[3]), math.exp(bhi[3]))}
         starts, costs = [], []
         for c in np.linspace(lx.min(), lx.max(), 25):
             for w in span * np.geomspace(0.005, 1.0, 12):
@@ -158,7 +174,7 @@ class SigmoidLaw(Law):
         self.residual_scale_ = float(np.sqrt(np.sum(res**2) / max(len(ya) - 4, 1)))
         self.rmsle_ = math.nan
         self.log_residual_scale_ = math.nan
-        self._bootstrap_fit(Xa, ya, p)
+        self._fit_uncertainty(Xa, ya, p, self.residual_scale_)
         return self
 
     def predict_interval(
@@ -171,9 +187,11 @@ class SigmoidLaw(Law):
         """As :meth:`Law.predict_interval`, but residual scatter (``kind="prediction"``) is added in y,
         Normal(0, ``residual_scale_``²), since the sigmoid is fitted in y, not log y."""
         self._check_fitted()
-        if len(self.bootstrap_params_) == 0:
-            raise FitError("SigmoidLaw has no bootstrap draws; fit with bootstrap > 0")
         Xa = self._check_X(X, self.feature_names)
+        if len(self.bootstrap_params_) == 0:
+            if self.n_bootstrap_failed_ > 0:  # every resample failed: uninformative, not an error
+                return np.full(len(Xa), math.nan), np.full(len(Xa), math.nan)
+            raise FitError("SigmoidLaw has no bootstrap draws; fit with bootstrap > 0")
         curves = np.stack([self._predict_params(q, Xa) for q in self.bootstrap_params_])
         if kind == "prediction":
             curves = curves + as_rng(self.random_state).normal(0.0, self.residual_scale_, size=curves.shape)

@@ -90,10 +90,11 @@ class SmoothTrend:
         return self.b + self._sign() * self.law.predict(x)
 
     def curves(self, x: FloatArray) -> FloatArray:
-        """The trend at ``x`` for every bootstrap draw, shape (B, len(x))."""
-        X = np.asarray(x, dtype=float)[:, None]
-        with np.errstate(over="ignore", invalid="ignore"):
-            g = np.stack([self.law._predict_params(q, X) for q in self.law.bootstrap_params_])
+        """The trend at ``x`` for every bootstrap draw, shape (B, len(x)): the gap's curves studentized as
+        the law's confidence band is (``Law.bootstrap_curves``), so few points do not make them too tight."""
+        if len(self.law.bootstrap_params_) == 0:
+            return np.empty((0, len(np.atleast_1d(x))))
+        g = self.law.bootstrap_curves(np.asarray(x, dtype=float)[:, None])
         return self.b + self._sign() * g
 
 

@@ -10,6 +10,7 @@ the objective is flat, the data do not pin the form down, or an optimizer stoppe
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -78,6 +79,9 @@ class ChinchillaVarPro(Law):
         return np.array([*coef, x[0], x[1]]), obj
 
     def _fit_params(self, X: FloatArray, y: FloatArray) -> FloatArray:
+        # NNLS keeps E, A, B >= 0 (and puts them exactly at 0 when the data ask for less); the objective is
+        # infinite for exponents <= 0, so they stay above 0.
+        self.bounds_ = {k: (0.0, math.inf) for k in PARAM_NAMES}
         N, D = X[:, 0], X[:, 1]
         ag = _DEFAULT_EXPONENT_GRID if self.alpha_grid is None else np.asarray(self.alpha_grid, dtype=float)
         bg = _DEFAULT_EXPONENT_GRID if self.beta_grid is None else np.asarray(self.beta_grid, dtype=float)
@@ -91,6 +95,14 @@ class ChinchillaVarPro(Law):
 
     def _predict_params(self, p: FloatArray, X: FloatArray) -> FloatArray:
         return chinchilla_loss(X[:, 0], X[:, 1], *p)
+
+
+def _rel_diff(a: float, b: float) -> float:
+    """|a − b| / |b|, with 0 for two equal values and inf when b alone is 0 (E can be exactly 0: NNLS puts
+    it at its bound, and exp(log E) underflows to 0 in the Huber fit)."""
+    if a == b:
+        return 0.0
+    return abs(a - b) / abs(b) if b != 0 else math.inf
 
 
 @dataclass(frozen=True)
@@ -132,7 +144,11 @@ def compare_chinchilla(
     the Huber fit's own 95% bootstrap interval: a difference the data cannot resolve is statistics, not a
     failed fit. A and B are reported but not judged: they trade off exponentially against α, β
     (A ≈ L_N·N^α), so their relative differences are large even when the curves coincide. Fitters passed
-    unfitted (or None) are fitted here without bootstrap.
+    unfitted (or None) are fitted here without bootstrap. A parameter of 0 in the Huber fit (E underflowed)
+    makes any other value an infinite relative difference, never a division error.
+
+    The verdict is also recorded in the Huber fit's ``diagnostics_`` (``with_cross_check``): a disagreement
+    makes an ``ok`` fit ``weak``.
     """
     Xa = np.asarray(X, dtype=float)
     ya = np.asarray(y, dtype=float)
@@ -144,9 +160,13 @@ def compare_chinchilla(
         v.fit(Xa, ya)
     extra = 10 * Xa.max(axis=0) if X_check is None else np.asarray(X_check, dtype=float)
     Xc = np.vstack([Xa, np.atleast_2d(extra)])
-    ph, pv = h.predict(Xc), v.predict(Xc)
-    pred_diff = float(np.max(np.abs(pv - ph) / ph))
-    rel = {k: abs(v.params_[k] - h.params_[k]) / abs(h.params_[k]) for k in PARAM_NAMES}
+    with np.errstate(all="ignore"):
+        ph, pv = h.predict(Xc), v.predict(Xc)
+        rel_pred = np.abs(pv - ph) / np.abs(ph)
+    # A prediction of 0 or a non-finite one (an underflowed or overflowed fit) is an infinite difference.
+    pred_diff = float(np.max(np.where(np.isfinite(rel_pred), rel_pred, np.inf)))
+    rel = {k: _rel_diff(v.params_[k], h.params_[k]) for k in PARAM_NAMES}
+    # Only informative (pinned) Huber intervals may excuse a difference: NaN entries never contain anything.
     has_ci = len(h.bootstrap_params_) > 0
     off = {
         k: rel[k]
@@ -162,6 +182,9 @@ def compare_chinchilla(
         parts = [f"predictions differ by up to {pred_diff:.2%} (tolerance {loss_rtol:.1%})"]
         parts += [f"{k} differs by {d:.1%} (tolerance {param_rtol:.0%})" for k, d in off.items()]
         msg = "DISAGREE: " + "; ".join(parts)
+    diag = getattr(h, "diagnostics_", None)
+    if diag is not None:
+        h.diagnostics_ = diag.with_cross_check(bool(agrees), msg)
     return ChinchillaCrossCheck(
         huber=dict(h.params_),
         varpro=dict(v.params_),

@@ -7,10 +7,10 @@ Adding a panel is one function with ``@panel(...)`` in a domain module of :mod:`
 
     from ..core import Skip, figure, panel
 
-    @panel("noise_scale", title="Gradient noise scale", order=60)
+    @panel("noise_scale", title="Gradient noise scale", order=60, short="noise scale")
     def noise_scale(ctx):                      # ctx.runs, ctx.metrics, ctx.store, ctx.cached(...)
         if "noise_scale" not in set(ctx.metrics["metric"]):
-            raise Skip("no run measured the noise scale")   # shown on the page
+            raise Skip("no noise_scale metrics")   # listed in the page's closing "not shown" line
         fig = Figure(...)                      # matplotlib.figure.Figure; draw on it
         return figure(fig, "noise scale against loss")      # an HTML fragment; None leaves the panel out
 """

@@ -1,8 +1,9 @@
 """The report engine: a registry of panels, the context they share, and the self-contained HTML page.
 
 A panel is one function registered with :func:`panel`; it gets the :class:`Context` (tables, cached fits,
-store path) and returns an HTML fragment, or None to leave itself out, or raises :class:`Skip` to say on
-the page why it has nothing to show. Figures are matplotlib ``Figure`` objects (no pyplot, so no global
+store path) and returns an HTML fragment, or None to leave itself out silently, or raises :class:`Skip`
+when it does not apply to the store: the page then lists it, with the reason, in one closing "not shown"
+line instead of a box of its own. Figures are matplotlib ``Figure`` objects (no pyplot, so no global
 state and no GUI backend) inlined as base64 PNG: the page fetches nothing and runs no script.
 """
 
@@ -25,13 +26,26 @@ from matplotlib.figure import Figure
 
 from ..version import __version__
 
-__all__ = ["PANELS", "Context", "Panel", "Section", "Skip", "build_sections", "figure", "page", "panel", "table"]
+__all__ = [
+    "PANELS",
+    "Context",
+    "Panel",
+    "Section",
+    "Skip",
+    "build_sections",
+    "figure",
+    "not_shown_line",
+    "page",
+    "panel",
+    "table",
+]
 
 DEFAULT_BOOTSTRAP = 200  # fewer than the fitters' 1,000: a report should take seconds, and says so
 
 
 class Skip(Exception):
-    """Raised by a panel (or a cached fit) to show, instead of the panel, one line saying why."""
+    """Raised by a panel (or a cached fit) when it does not apply to the store: the panel is left out and
+    listed, with this reason, in the one "not shown" line at the end of the page."""
 
 
 @dataclass(frozen=True)
@@ -40,26 +54,38 @@ class Panel:
     title: str
     order: int
     fn: Callable[[Context], str | None]
+    short: str = ""  # the name in the "not shown" line (default: the title)
 
 
 @dataclass(frozen=True)
 class Section:
-    """One rendered panel: ``body`` is HTML; ``skipped`` holds the reason when it was skipped."""
+    """One rendered panel: ``body`` is HTML; ``skipped`` holds the reason when it was skipped (it does not
+    apply to the store, or it ``failed``: a bug, shown in place rather than listed at the end)."""
 
     key: str
     title: str
     body: str
     skipped: str | None = None
+    short: str = ""
+    failed: bool = False
+
+    @property
+    def shown(self) -> bool:
+        """Drawn as a section of its own (a failure is, so that it is seen)."""
+        return self.skipped is None or self.failed
 
 
 PANELS: dict[str, Panel] = {}
 
 
-def panel(key: str, *, title: str, order: int) -> Callable[[Callable[[Context], str | None]], Callable]:
-    """Register ``fn(ctx) -> html | None`` as a report panel; panels render in ``order``."""
+def panel(
+    key: str, *, title: str, order: int, short: str = ""
+) -> Callable[[Callable[[Context], str | None]], Callable]:
+    """Register ``fn(ctx) -> html | None`` as a report panel; panels render in ``order``. ``short``: its
+    name in the page's closing "not shown" line (default: ``title``)."""
 
     def register(fn: Callable[[Context], str | None]) -> Callable[[Context], str | None]:
-        PANELS[key] = Panel(key, title, order, fn)
+        PANELS[key] = Panel(key, title, order, fn, short or title)
         return fn
 
     return register
@@ -116,31 +142,50 @@ def _td(cell: Any) -> str:
     return f"<td{num}>{html.escape(text)}</td>"
 
 
+WIDE_TABLE = 7  # columns: above this a table gets the smaller font of ``table.wide``
+
+
 def table(header: Sequence[str], rows: Iterable[Sequence[Any]]) -> str:
-    """An HTML table; cells are escaped text."""
+    """An HTML table of escaped text in a box of the page's width: text cells wrap, numbers do not, a table
+    of more than :data:`WIDE_TABLE` columns is set smaller, and what still does not fit scrolls inside the
+    box (never the page)."""
     head = "".join(f"<th>{html.escape(str(h))}</th>" for h in header)
     body = "".join("<tr>" + "".join(_td(c) for c in r) + "</tr>" for r in rows)
-    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+    wide = ' class="wide"' if len(header) > WIDE_TABLE else ""
+    return f'<div class="tablebox"><table{wide}><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table></div>'
 
 
 def build_sections(ctx: Context, keys: Iterable[str] | None = None) -> list[Section]:
-    """Run the registered panels (all, or those in ``keys``) in order. A panel that crashes becomes a
-    note on the page and a warning on stderr, so one bad panel does not cost the whole report."""
+    """Run the registered panels (all, or those in ``keys``) in order. A panel that raises :class:`Skip`
+    becomes a skipped section (listed at the end of the page); one that crashes becomes a failed section,
+    shown in place, and a warning on stderr, so one bad panel does not cost the whole report."""
     chosen = sorted((PANELS[k] for k in (keys or PANELS)), key=lambda p: (p.order, p.key))
     out = []
     for p in chosen:
         try:
             body = p.fn(ctx)
         except Skip as why:
-            out.append(Section(p.key, p.title, "", skipped=str(why)))
+            out.append(Section(p.key, p.title, "", skipped=str(why), short=p.short))
             continue
         except Exception as err:  # noqa: BLE001 - reported on the page and on stderr, see docstring
             print(f"warning: report panel {p.key!r} failed: {type(err).__name__}: {err}", file=sys.stderr)
-            out.append(Section(p.key, p.title, "", skipped=f"failed: {type(err).__name__}: {err}"))
+            failure = f"failed: {type(err).__name__}: {err}"
+            out.append(Section(p.key, p.title, "", skipped=failure, short=p.short, failed=True))
             continue
         if body is not None:
-            out.append(Section(p.key, p.title, body))
+            out.append(Section(p.key, p.title, body, short=p.short))
     return out
+
+
+def not_shown_line(sections: Sequence[Section]) -> str:
+    """The one closing line that lists the panels that do not apply, each with its reason ("" if none);
+    panels skipped for the same reason (e.g. the panels of one missing fit) share one entry."""
+    by_reason: dict[str, list[str]] = {}
+    for s in sections:
+        if not s.shown:
+            by_reason.setdefault(s.skipped or "", []).append(s.short or s.title)
+    items = [f"<b>{html.escape(', '.join(names))}</b>: {html.escape(why)}" for why, names in by_reason.items()]
+    return f'<p class="notshown" id="not-shown">Not shown: {" · ".join(items)}.</p>' if items else ""
 
 
 _CSS = """
@@ -152,20 +197,34 @@ nav { margin: 0 0 20px; } nav a { margin-right: 14px; color: #2457a6; text-decor
 section { border-top: 1px solid #dde2e8; padding: 18px 0 8px; }
 img { max-width: 100%; height: auto; display: block; margin: 8px 0; }
 table { border-collapse: collapse; margin: 8px 0 12px; font-size: 14px; }
-th, td { border: 1px solid #d5dbe2; padding: 4px 10px; text-align: left; white-space: nowrap; }
-th { background: #f1f4f7; } td.num { text-align: right; font-variant-numeric: tabular-nums; }
-.skip { color: #7a5b00; background: #fff8e1; border-left: 4px solid #e0b000; padding: 6px 10px; }
+.tablebox { max-width: 100%; overflow-x: auto; margin: 8px 0 12px; }
+table { border-collapse: collapse; font-size: 14px; }
+table.wide { font-size: 12.5px; }
+th, td { border: 1px solid #d5dbe2; padding: 4px 8px; text-align: left; vertical-align: top;
+         overflow-wrap: break-word; }
+th { background: #f1f4f7; } td.num { text-align: right; font-variant-numeric: tabular-nums; white-space: nowrap; }
+.failed { color: #8a1c1c; background: #fdecea; border-left: 4px solid #c62828; padding: 6px 10px; }
 .note { color: #5a6470; font-size: 14px; }
+.verdict { font-size: 14px; padding: 6px 10px; margin: 8px 0; border-left: 4px solid; }
+.verdict.ok { background: #edf7ee; border-color: #2e7d32; }
+.verdict.weak { background: #fff8e1; border-color: #e0a000; }
+.verdict.unidentified { background: #fdecea; border-color: #c62828; }
+.verdict ul { margin: 4px 0 0; padding-left: 20px; }
+.impossible { color: #8a1c1c; background: #fdecea; border-left: 4px solid #c62828; padding: 6px 10px;
+              font-size: 14px; }
+.notshown { color: #5a6470; font-size: 13px; border-top: 1px solid #dde2e8; padding-top: 12px; }
 """
 
 
 def page(title: str, sections: Sequence[Section], subtitle: str = "") -> str:
     """The whole self-contained HTML document."""
-    nav = "".join(f'<a href="#{s.key}">{html.escape(s.title)}</a>' for s in sections)
+    shown = [s for s in sections if s.shown]
+    nav = "".join(f'<a href="#{s.key}">{html.escape(s.title)}</a>' for s in shown)
     parts = []
-    for s in sections:
-        body = f'<p class="skip">Skipped: {html.escape(s.skipped)}</p>' if s.skipped else s.body
+    for s in shown:
+        body = f'<p class="failed">This panel {html.escape(s.skipped or "")}</p>' if s.failed else s.body
         parts.append(f'<section id="{s.key}"><h2>{html.escape(s.title)}</h2>{body}</section>')
+    parts.append(not_shown_line(sections))
     stamp = _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     sub = html.escape(f"{subtitle} · generated {stamp} by scalescope {__version__}".lstrip(" ·"))
     return (

@@ -1,11 +1,13 @@
 """What the report's figures and tables share: number formatting, log-axis tidying, the colour map by model
-size, and the per-run colours, line styles and legends of the instrument panels.
+size with its discrete legend, the marker and line style of each budget, and the per-run colours, line
+styles and legends of the instrument panels.
 
 Panels import this module and :mod:`scalescope.report.core`; neither imports a panel.
 """
 
 from __future__ import annotations
 
+import html
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
@@ -18,25 +20,38 @@ from matplotlib.cm import ScalarMappable
 from matplotlib.colors import LogNorm
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
-from matplotlib.ticker import FuncFormatter, MaxNLocator, NullFormatter, NullLocator
+from matplotlib.ticker import FuncFormatter, LogLocator, MaxNLocator, NullFormatter, NullLocator
 
+from ..laws.diagnostics import MIN_POINTS_PER_PARAMETER
 from .core import Context
 
 __all__ = [
+    "BUDGET_LINESTYLES",
+    "BUDGET_MARKERS",
     "CMAP",
+    "BudgetStyle",
     "LINESTYLES",
     "OPT",
     "OPT_ORDER",
     "RunStyle",
     "fmt",
+    "budget_legend_handles",
+    "budget_styles",
     "fmt_interval",
+    "impossible_html",
+    "interval_text",
+    "is_pinned",
     "n_colorbar",
+    "n_legend",
+    "n_legend_handles",
     "n_norm",
     "run_legend",
     "run_styles",
     "short_name",
+    "si",
     "tidy_log",
     "varying_columns",
+    "verdict_html",
 ]
 
 # --- numbers ----------------------------------------------------------------------------------------------
@@ -54,6 +69,14 @@ def fmt_interval(lo_hi: Any) -> str:
     return f"[{fmt(lo_hi[0])}, {fmt(lo_hi[1])}]"
 
 
+def si(v: float) -> str:
+    """A count with an SI suffix and 3 significant digits: 6592 -> ``6.59k``, 1.2e6 -> ``1.2M``."""
+    for div, suffix in ((1e12, "T"), (1e9, "G"), (1e6, "M"), (1e3, "k")):
+        if abs(v) >= div:
+            return f"{v / div:.3g}{suffix}"
+    return f"{v:.3g}"
+
+
 def short_name(col: str) -> str:
     """The last part of a dotted config column: ``model.d_model`` -> ``d_model``."""
     return col.rsplit(".", 1)[-1]
@@ -63,9 +86,16 @@ def short_name(col: str) -> str:
 
 
 def tidy_log(ax: Axes) -> None:
-    """Log axes without crowded labels: no minor labels on x; plain ticks on y when it spans < 1 decade
-    (losses usually do, and 2×10⁰ is harder to read than 2)."""
-    ax.xaxis.set_minor_formatter(NullFormatter())
+    """Log axes without crowded labels: no minor labels on an x axis that spans a decade or more (within one
+    decade matplotlib's own minor labels are the only ones there are); plain ticks on y when it spans < 1
+    decade (losses usually do, and 2×10⁰ is harder to read than 2)."""
+    x0, x1 = ax.get_xlim()
+    if ax.get_xscale() != "log" or not (x0 > 0 and x1 > 0) or max(x0, x1) / min(x0, x1) >= 10:
+        ax.xaxis.set_minor_formatter(NullFormatter())
+    else:  # under a decade: label 1, 2, 3 and 5 of each decade, as counts (2k, not 2×10³)
+        ax.xaxis.set_minor_locator(LogLocator(subs=(2.0, 3.0, 5.0)))
+        ax.xaxis.set_minor_formatter(FuncFormatter(lambda v, _: si(v)))
+        ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: si(v)))
     lo, hi = ax.get_ylim()
     if ax.get_yscale() == "log" and hi / lo < 10:
         ax.yaxis.set_major_locator(MaxNLocator(6))
@@ -89,6 +119,75 @@ def n_norm(ctx: Context) -> LogNorm:
 def n_colorbar(fig: Figure, ctx: Context, axes: Any) -> None:
     """The colour bar of :data:`CMAP` over :func:`n_norm`, beside ``axes``."""
     fig.colorbar(ScalarMappable(n_norm(ctx), CMAP), ax=axes, label="N (non-embedding parameters)", pad=0.015)
+
+
+MAX_N_LEGEND = 12  # distinct model sizes listed one by one; more get the colour bar instead
+
+
+def n_legend_handles(ctx: Context, ns: Iterable[float]) -> list[Line2D]:
+    """One legend entry per distinct N (its colour, ``N = 6.59k``), smallest first."""
+    norm = n_norm(ctx)
+    return [
+        Line2D([], [], color=CMAP(norm(n)), lw=2.2, marker="o", ms=5, label=f"N = {si(n)}")
+        for n in sorted({float(n) for n in ns if np.isfinite(n) and n > 0})
+    ]
+
+
+@dataclass(frozen=True)
+class BudgetStyle:
+    """How runs of one training budget are drawn, whatever their size: a marker and a line style."""
+
+    marker: str
+    ls: Any
+    label: str
+
+
+BUDGET_MARKERS = ("o", "s", "^", "D", "v", "P", "X", "<", ">", "h")
+BUDGET_LINESTYLES: tuple[Any, ...] = ("-", "--", ":", "-.", (0, (6, 2, 1, 2, 1, 2)), (0, (1, 4)))
+
+
+def budget_styles(budgets: Iterable[float], kind: str = "D") -> dict[float, BudgetStyle]:
+    """A :class:`BudgetStyle` per distinct budget (smallest first): markers cycle through ten shapes and
+    line styles through six, so up to ten budgets differ in marker and any two adjacent ones in both.
+    ``kind``: what the budget counts, for the label (``D`` tokens or ``C`` FLOPs)."""
+    vals = sorted({float(b) for b in budgets if np.isfinite(b)})
+    return {
+        b: BudgetStyle(
+            BUDGET_MARKERS[i % len(BUDGET_MARKERS)],
+            BUDGET_LINESTYLES[i % len(BUDGET_LINESTYLES)],
+            f"{kind} = {si(b)}",
+        )
+        for i, b in enumerate(vals)
+    }
+
+
+def budget_legend_handles(styles: dict[float, BudgetStyle], *, lines: bool = True) -> list[Line2D]:
+    """One grey legend entry per budget: its marker (and line style, with ``lines``)."""
+    return [
+        Line2D([], [], color="0.3", ls=st.ls if lines else "none", marker=st.marker, ms=5, lw=1.3, label=st.label)
+        for st in styles.values()
+    ]
+
+
+def n_legend(
+    fig: Figure, ctx: Context, axes: Any, ns: Iterable[float], budgets: dict[float, BudgetStyle] | None = None
+) -> None:
+    """The figure's legend of model sizes, one entry per N (a discrete legend, not a colour bar; the colour
+    bar when there are more than :data:`MAX_N_LEGEND` sizes), and below it, with ``budgets``, one entry per
+    budget, outside the axes on the right."""
+    handles = n_legend_handles(ctx, ns)
+    if len(handles) > MAX_N_LEGEND:
+        n_colorbar(fig, ctx, axes)
+    elif handles:
+        fig.legend(handles=handles, loc="outside right upper", fontsize=8, title="model size", title_fontsize=8)
+    if budgets and len(budgets) > 1:
+        fig.legend(
+            handles=budget_legend_handles(budgets),
+            loc="outside right lower",
+            fontsize=8,
+            title="budget",
+            title_fontsize=8,
+        )
 
 
 # --- colour by run family, line style by optimizer (the instrument panels) --------------------------------
@@ -186,3 +285,76 @@ def run_legend(
         ax.figure.legend(handles=handles, fontsize=7.5, loc="outside right upper")
     elif handles:
         ax.legend(handles=handles, fontsize=7.5, loc=loc)
+
+
+# --- how far a fit can be trusted (laws.diagnostics.FitDiagnostics) -----------------------------------------
+
+
+def _names(names: Iterable[str]) -> str:
+    return ", ".join(names) or "none"
+
+
+def interval_text(diag: Any, name: str, ci: Any) -> str:
+    """A parameter's 95% interval as a table cell, never shown as informative when it is not: ``fixed``
+    for a parameter the caller fixed, ``not pinned (reasons)`` for one the data do not pin (e.g. "not
+    pinned (95% interval spans 11.3 decades)"), ``-`` without bootstrap draws, else ``[lo, hi]``."""
+    d = diag.parameters.get(name) if diag is not None else None
+    if d is not None and d.status == "fixed":
+        return "fixed"
+    if d is not None and d.status == "unpinned":
+        return "not pinned (" + "; ".join(d.reasons) + ")"
+    lo, hi = (ci if ci is not None else (np.nan, np.nan))[:2]
+    if not (np.isfinite(lo) and np.isfinite(hi)):
+        return "-"
+    return fmt_interval((lo, hi))
+
+
+def is_pinned(diag: Any, name: str, ci: Any = None) -> bool:
+    """Whether ``name`` has an informative interval: pinned by the data (not fixed, not unpinned) and, when
+    ``ci`` is given, a finite one."""
+    d = diag.parameters.get(name) if diag is not None else None
+    if d is None or d.status != "pinned":
+        return False
+    return ci is None or bool(np.all(np.isfinite(np.asarray(ci[:2], dtype=float))))
+
+
+def verdict_html(diag: Any, what: str = "Verdict") -> str:
+    """A box beside a fit's figure: the verdict (``ok`` / ``weak`` / ``unidentified``) and its reason in
+    words, then the points per free parameter, which parameters the data pin, which they do not, which are
+    fixed, the failed bootstrap resamples and the cross-check's verdict."""
+    if diag is None:
+        return (
+            f'<div class="verdict weak"><b>{html.escape(what)}: not assessed</b> (no identifiability '
+            "diagnostics for this fit).</div>"
+        )
+    params = diag.parameters
+    free = [k for k, d in params.items() if d.status != "fixed"]
+    pinned = [k for k, d in params.items() if d.status == "pinned"]
+    unpinned = [k for k, d in params.items() if d.status == "unpinned"]
+    fixed = [k for k, d in params.items() if d.status == "fixed"]
+    facts = [
+        f"{diag.points_per_parameter:.1f} points per free parameter ({diag.n_points} points, {len(free)} free "
+        f"parameters; at least {MIN_POINTS_PER_PARAMETER:g} per parameter wanted)",
+        f"pinned: {_names(pinned)}; not pinned: {_names(unpinned)}" + (f"; fixed: {_names(fixed)}" if fixed else ""),
+    ]
+    share = diag.bootstrap_failed_share
+    if share is not None and np.isfinite(share):
+        facts.append(f"failed bootstrap resamples: {share:.0%}")
+    else:
+        facts.append("no bootstrap")
+    if diag.cross_check:
+        facts.append(f"cross-check: {diag.cross_check}")
+    items = "".join(f"<li>{html.escape(f)}</li>" for f in facts)
+    v = str(diag.verdict)
+    return (
+        f'<div class="verdict {html.escape(v)}"><b>{html.escape(what)}: {html.escape(v)}</b>. '
+        f"{html.escape(diag.reason)}.<ul>{items}</ul></div>"
+    )
+
+
+def impossible_html(findings: list[str]) -> str:
+    """The text beside a figure that flags what lies below the entropy rate ("" when nothing does)."""
+    if not findings:
+        return ""
+    items = "; ".join(html.escape(f) for f in findings)
+    return f'<p class="impossible"><b>Below the entropy rate, impossible:</b> {items}.</p>'

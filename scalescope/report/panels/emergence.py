@@ -77,11 +77,12 @@ def _grid(n: int) -> tuple[int, int]:
 
 
 def _run_axes(ctx: Context, ids: list[str], height: float) -> tuple[Figure, list[str], list[Any]]:
-    """One small axes per run, smallest model first, at most ``MAX_RUN_AXES``: (figure, shown ids, axes)."""
+    """One small axes per run, smallest model first, at most ``MAX_RUN_AXES``: (figure, shown ids, axes).
+    The axes share their y axis: every run's panel shows the same quantity, so heights compare."""
     shown = _by_size(ctx, ids)[:MAX_RUN_AXES]
     nr, nc = _grid(len(shown))
     fig = Figure(figsize=(4.2 * nc, height * nr), layout="constrained")
-    return fig, shown, list(fig.subplots(nr, nc, squeeze=False).flat)
+    return fig, shown, list(fig.subplots(nr, nc, squeeze=False, sharey=True).flat)
 
 
 def _left_out(ids: list[str]) -> str:
@@ -96,7 +97,12 @@ def _left_out(ids: list[str]) -> str:
 # --- (a) the ICL score against step, with the induction score ---------------------------------------------
 
 
-@panel("icl_induction", title="In-context learning and induction heads against step", order=84)
+@panel(
+    "icl_induction",
+    title="In-context learning and induction heads against step",
+    order=84,
+    short="in-context learning and induction",
+)
 def icl_induction(ctx: Context) -> str | None:
     have = set(ctx.metrics.loc[ctx.metrics["metric"] == ICL, "id"])
     if not have:
@@ -174,13 +180,22 @@ def error_curves(store: Path, rid: str, prefix: str = ERROR_PREFIX) -> tuple[int
     return step, {n: np.load(s[step]) for n, s in by_name.items() if step in s}
 
 
-@panel("icl_regression_error", title="In-context regression error against examples, with baselines", order=85)
+@panel(
+    "icl_regression_error",
+    title="In-context regression error against examples, with baselines",
+    order=85,
+    short="in-context regression error",
+)
 def icl_regression_error(ctx: Context) -> str | None:
     found = {rid: ec for rid in map(str, ctx.runs["id"]) if (ec := error_curves(ctx.store, rid)) is not None}
     if not found:
         raise Skip("no run saved icl_regression error curves (instruments.icl_regression)")
     ids = _by_size(ctx, sorted(found))
     fig, shown, axes = _run_axes(ctx, ids, height=3.0)
+    # Min-norm least squares on noisy data blows up at k = d (the interpolation peak, error ~1e3) and
+    # averaging is ~d times worse than the prior at k = 1: clip (one limit for all runs, the axes are shared)
+    # so the models' curves stay readable.
+    top = 1.3 * max(max(float(np.nanmax(found[r][1]["model"])), 1.0) for r in shown)
     rows = []
     for ax, rid in zip(axes, shown, strict=False):
         step, curves = found[rid]
@@ -193,9 +208,7 @@ def icl_regression_error(ctx: Context) -> str | None:
         ax.set_title(f"{_label(ctx, rid)} (step {step})", fontsize=9)
         ax.set_xlabel("in-context examples k")
         ax.set_ylabel("normalized squared error")
-        # Min-norm least squares on noisy data blows up at k = d (the interpolation peak, error ~1e3) and
-        # averaging is ~d times worse than the prior at k = 1: clip so the model's curve stays readable.
-        ax.set_ylim(0, 1.3 * max(float(np.nanmax(curves["model"])), 1.0))
+        ax.set_ylim(0, top)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
         kk = min(len(k) - 1, 10)
@@ -221,7 +234,9 @@ def icl_regression_error(ctx: Context) -> str | None:
     return figure(fig, "regression error against in-context examples") + note + _left_out(ids) + table(head, rows)
 
 
-@panel("task_diversity", title="Task diversity: from the pool's posterior mean to ridge", order=86)
+@panel(
+    "task_diversity", title="Task diversity: from the pool's posterior mean to ridge", order=86, short="task diversity"
+)
 def task_diversity(ctx: Context) -> str | None:
     """Raventós et al. 2023, fig. 1: mean error over k >= 1 on fresh tasks against the pool size M, for the
     model and the two Bayes predictors (the pool's posterior mean, optimal for pretraining; ridge, optimal
@@ -306,7 +321,12 @@ def _scale(ctx: Context) -> list[dict[str, Any]]:
     return ctx.cached("emergence_scale", lambda: scale_analysis(ctx.runs, bootstrap=ctx.bootstrap, seed=ctx.seed))
 
 
-@panel("capability_scale", title="Capabilities against scale: both metrics, fits and forecasts", order=87)
+@panel(
+    "capability_scale",
+    title="Capabilities against scale: both metrics, fits and forecasts",
+    order=87,
+    short="capabilities against scale",
+)
 def capability_scale(ctx: Context) -> str | None:
     from ...analyses.emergence import CAPABILITIES, SCALE_COLUMNS
     from ...forecast.crossing import RECORD_KIND, implied_metric
@@ -445,7 +465,7 @@ def _two_decimals(v: Any) -> str:
     return "-" if v is None else f"{v:.2f}"
 
 
-@panel("prompt_length", title="Demonstrations needed against K", order=92)
+@panel("prompt_length", title="Demonstrations needed against K", order=92, short="demonstrations against K")
 def prompt_length(ctx: Context) -> str | None:
     tab = demos_table(ctx.runs, ctx.metrics)
     if not len(tab):

@@ -2,9 +2,10 @@
 beside it, the top Hessian eigenvalues against the edge-of-stability thresholds, the spectral density, and
 how the gradient covariance sits relative to the Hessian; SGD and AdamW side by side.
 
-Each panel returns None when the store has no measurements of its kind, so the report of a plain scaling
-store is unchanged. Runs keep one colour across panels: the colour tells the runs apart by the config fields
-that vary other than the optimizer (e.g. the model size), the line style by optimizer.
+Each panel raises :class:`~scalescope.report.core.Skip` when the store has no measurements of its kind, so
+the report of a plain scaling store lists them in its closing "not shown" line and draws nothing. Runs keep
+one colour across panels: the colour tells the runs apart by the config fields that vary other than the
+optimizer (e.g. the model size), the line style by optimizer.
 """
 
 from __future__ import annotations
@@ -63,11 +64,11 @@ def _seq_len_note(ctx: Context, ids: Any) -> str:
 # --- the gradient noise scale ----------------------------------------------------------------------------
 
 
-@panel("noise_scale", title="Gradient noise scale B_simple", order=60)
+@panel("noise_scale", title="Gradient noise scale B_simple", order=60, short="noise scale")
 def noise_scale(ctx: Context) -> str | None:
     ema = _rows(ctx, "noise_scale/B_simple")
     if ema.empty:
-        return None
+        raise Skip("no noise_scale metrics (instruments.noise_scale)")
     ema = ema[ema["value"] > 0]
     if ema.empty:
         raise Skip(
@@ -198,11 +199,11 @@ def critical_batch(ctx: Context) -> list[tuple[str, CriticalBatchResult]]:
     return ctx.cached("critical_batch", make)
 
 
-@panel("critical_batch", title="Critical batch size against loss, with B_simple", order=65)
+@panel("critical_batch", title="Critical batch size against loss, with B_simple", order=65, short="critical batch")
 def critical_batch_panel(ctx: Context) -> str | None:
     results = critical_batch(ctx)
     if not results:
-        return None
+        raise Skip(f"needs runs at {MIN_BATCH_SIZES} or more batch sizes (train.batch_size) with val_loss")
     fig = Figure(figsize=(8.5, 4.6), layout="constrained")
     ax = fig.subplots()
     cmap = colormaps["tab10"]
@@ -392,11 +393,11 @@ def eos_figure(ctx: Context) -> Figure | None:
     return fig
 
 
-@panel("edge_of_stability", title="Sharpness and the edge of stability", order=70)
+@panel("edge_of_stability", title="Sharpness and the edge of stability", order=70, short="edge of stability")
 def edge_of_stability(ctx: Context) -> str | None:
     fig = eos_figure(ctx)
     if fig is None:
-        return None
+        raise Skip("no curvature metrics (instruments.curvature)")
     return (
         figure(fig, "top Hessian eigenvalues against step with the edge-of-stability thresholds")
         + '<p class="note">Top eigenvalues of the Hessian of the loss on a fixed probe batch (Lanczos). SGD is '
@@ -438,19 +439,21 @@ def pick_steps(steps: list[int], n: int = 4) -> list[int]:
 MAX_DENSITY_ROWS = 4
 
 
-@panel("spectral_density", title="Hessian spectral density", order=75)
+@panel("spectral_density", title="Hessian spectral density", order=75, short="spectral density")
 def spectral_density(ctx: Context) -> str | None:
     files = _density_files(ctx)
     if not files:
-        return None
+        raise Skip("no Hessian density saved (instruments.curvature with density)")
     st = run_styles(ctx, files)
     groups = _by_optimizer(ctx, files)
     fams = sorted({st[r].family for _, g in groups for r in g})
     left_out = max(0, len(fams) - MAX_DENSITY_ROWS)
     fams = fams[:MAX_DENSITY_ROWS]
     fig = Figure(figsize=(5.6 * len(groups), 3.3 * len(fams) + 0.4), layout="constrained")
-    axes = fig.subplots(len(fams), len(groups), squeeze=False)
+    # One density axis for every small multiple: they compare the same quantity, p(λ).
+    axes = fig.subplots(len(fams), len(groups), squeeze=False, sharey=True)
     cmap = colormaps["viridis"]
+    peak = 0.0
     for j, (_, gids) in enumerate(groups):
         for i, fam in enumerate(fams):
             ax = axes[i, j]
@@ -460,16 +463,16 @@ def spectral_density(ctx: Context) -> str | None:
                 continue
             rid = rids[0]
             steps = pick_steps(list(files[rid]))
-            peak = 0.0
             for k, s in enumerate(steps):
                 grid, p = np.load(files[rid][s])[:2]
                 ax.plot(grid, p, color=cmap(0.9 * k / max(1, len(steps) - 1)), lw=1.3, label=f"step {s:,}")
                 peak = max(peak, float(np.nanmax(p)))
-            # Gaussian smoothing leaves tails many decades down; show the six below the peak.
-            ax.set(yscale="log", ylim=(peak * 1e-6, peak * 3), xlabel="eigenvalue λ of H", ylabel="density p(λ)")
+            ax.set(yscale="log", xlabel="eigenvalue λ of H", ylabel="density p(λ)")
             ax.set_title(st[rid].label or rid, fontsize=10)
             ax.grid(True, which="major", alpha=0.25)
             ax.legend(fontsize=7.5, loc="upper right")
+    if peak > 0:  # Gaussian smoothing leaves tails many decades down; show the six below the highest peak
+        axes[0, 0].set_ylim(peak * 1e-6, peak * 3)
     more = f" {left_out} more run families are not shown." if left_out else ""
     return (
         figure(fig, "Hessian spectral density at a few steps, per optimizer")
@@ -483,11 +486,11 @@ def spectral_density(ctx: Context) -> str | None:
 # --- the gradient covariance against the Hessian ---------------------------------------------------------
 
 
-@panel("covariance", title="Gradient covariance and the Hessian", order=80)
+@panel("covariance", title="Gradient covariance and the Hessian", order=80, short="gradient covariance")
 def covariance(ctx: Context) -> str | None:
     present = [m for m in COVARIANCE if not _rows(ctx, f"covariance/{m}").empty]
     if not present:
-        return None
+        raise Skip("no covariance metrics (instruments.covariance)")
     ids = sorted(set().union(*(set(_rows(ctx, f"covariance/{m}")["id"]) for m in present)))
     st = run_styles(ctx, ids)
     fig = Figure(figsize=(3.6 * len(present) + 0.6, 3.9), layout="constrained")
