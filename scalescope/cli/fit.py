@@ -627,10 +627,15 @@ def _finite(v: Any) -> bool:
     return isinstance(v, (int, float)) and math.isfinite(v)
 
 
+# The laws' constructor options a verdict may suggest -> the flags that set them.
+SUGGESTION_FLAGS = {"fix_E": "--fix-E VALUE|entropy", "shared_exponent": "--shared-exponent"}
+
+
 def _print_diagnostics(out: dict[str, Any]) -> None:
     d = out.get("diagnostics")
     if d:
-        print(f"  verdict: {d.get('verdict')}: {d.get('reason')}")
+        flags = [SUGGESTION_FLAGS[s] for s in d.get("suggestions") or [] if s in SUGGESTION_FLAGS]
+        print(f"  verdict: {d.get('verdict')}: {d.get('reason')}" + (f" ({', '.join(flags)})" if flags else ""))
 
 
 def _print_text(out: dict[str, Any]) -> None:

@@ -354,7 +354,13 @@ def assess_fit(
             pinned=not reasons, reasons=reasons, at_bound=bound is not None, interval_decades=decades, nuisance=nuis
         )
     ppp = n_points / max(len(free), 1)
-    verdict, reason, suggestions = _verdict(params, free, ppp, n_points, n_bootstrap, failed_share, set(options))
+    # An option already in use is no suggestion: E fixed means fix_E is set, beta fixed means a shared exponent.
+    usable = (
+        set(options)
+        - ({"fix_E"} if "E" in fixed_set else set())
+        - ({"shared_exponent"} if "beta" in fixed_set else set())
+    )
+    verdict, reason, suggestions = _verdict(params, free, ppp, n_points, n_bootstrap, failed_share, usable)
     return FitDiagnostics(
         points_per_parameter=ppp,
         parameters=params,
@@ -397,9 +403,8 @@ def _verdict(
     details = "; ".join(f"{k}: {', '.join(params[k].reasons)}" for k in unpinned)
     suggestions = _suggest(unpinned, options)
     if key or len(nuis) >= 2:
-        tries = [
-            f"fixing E ({s}=)" if s == "fix_E" else "a shared exponent (shared_exponent=True)" for s in suggestions
-        ]
+        # Plain words here; a caller names its own spelling of the options (``suggestions``).
+        tries = ["fixing E" if s == "fix_E" else "a shared exponent (alpha = beta)" for s in suggestions]
         tries.append("more points over a wider range of scales")
         return (
             "unidentified",
