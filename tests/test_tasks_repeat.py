@@ -132,8 +132,17 @@ def test_old_run_ids_are_unchanged():
         )
         == OLD_IDS["hmm_attn_only"]
     )
-    demo = load_experiment(EXPERIMENTS / "demo.toml")
-    assert [C.run_id(r) for r in demo.runs][:3] == ["86f590c77466", "514c9bd00a5d", "fe6df5d93c9f"]
+    # The first demo's first three runs (d_model 32; the demo itself was redesigned in issue 11).
+    first_demo = {
+        "data": {"kind": "markov", "vocab_size": 256, "order": 1, "support": 16, "concentration": 0.5, "seed": 0},
+        "model": {"n_layer": 2, "n_head": 4, "seq_len": 64, "d_model": 32},
+        "train": {"lr": 3e-3, "batch_size": 32, "eval_every": 100, "eval_batches": 8},
+    }
+    ids = [
+        C.run_id(C.from_dict({**first_demo, "train": {**first_demo["train"], "tokens": t}}))
+        for t in (250_000, 1_000_000, 4_000_000)
+    ]
+    assert ids == ["86f590c77466", "514c9bd00a5d", "fe6df5d93c9f"]
     crit = load_experiment(EXPERIMENTS / "critical_batch.toml")
     # The lr grid moved up 2x after a real run: its first two runs are the old second and third.
     assert [C.run_id(r) for r in crit.runs][:3] == ["66787b2b7e32", "db3bc421dfbf", "b580e569d714"]

@@ -9,6 +9,11 @@ stationary and every position t >= k has the same expected loss, the entropy rat
 *Elements of Information Theory*, 2nd ed., Thm 4.2.4 / eq. 4.27):
 
     H = sum_s pi(s) * H(p(. | s)),    H(p) = -sum_x p(x) log p(x)   [nats/token]
+
+With ``zipf_exponent`` s > 0 every successor probability is tilted by a Zipf weight of the successor's id,
+p(x | state) ∝ Dir_x * (x + 1)^(-s), so token x's stationary frequency falls roughly as (x + 1)^(-s): a
+heavy-tailed, natural-language-like (Zipf 1949) spread of context frequencies, in which rare contexts are
+seen, and learned, later. s = 0 is the untilted chain (the same tables, bit for bit).
 """
 
 from __future__ import annotations
@@ -127,6 +132,7 @@ class MarkovSource:
 
     entropy_rate: float
     entropy_rate_error: float
+    zipf_exponent: float = 0.0
 
     def __init__(
         self,
@@ -136,6 +142,7 @@ class MarkovSource:
         concentration: float = 0.5,
         seed: int = 0,
         stream_seed: int = 0,
+        zipf_exponent: float = 0.0,
     ) -> None:
         n_states = vocab_size**order
         s = vocab_size if support is None else int(support)
@@ -150,6 +157,13 @@ class MarkovSource:
         rng = np.random.default_rng(seed)
         next_tokens = choose_without_replacement(rng, n_states, vocab_size, s)
         probs = rng.dirichlet(np.full(s, float(concentration)), size=n_states)
+        if zipf_exponent < 0:
+            raise ConfigError(f"expected a number >= 0, got {zipf_exponent}", field="data.zipf_exponent")
+        if zipf_exponent > 0:  # skipped at 0 so the untilted tables stay bit-identical
+            weight = (np.arange(vocab_size, dtype=np.float64) + 1.0) ** (-float(zipf_exponent))
+            probs = probs * weight[next_tokens]
+            probs /= probs.sum(axis=1, keepdims=True)
+        self.zipf_exponent = float(zipf_exponent)
         self._setup(next_tokens, probs, vocab_size, order, support, concentration, seed, stream_seed)
 
     @classmethod
@@ -297,6 +311,7 @@ class MarkovSource:
             "order": self.order,
             "support": self.support,
             "concentration": self.concentration,
+            "zipf_exponent": self.zipf_exponent,
             "seed": self.seed,
             "n_states": self.n_states,
             "entropy_rate": self.entropy_rate,
@@ -319,10 +334,19 @@ class MarkovConfig(SourceConfig):
     support: int | None = 8
     # Dirichlet concentration of each next-token distribution.
     concentration: float = 0.5
+    # Tilt each successor probability by (token id + 1)^-zipf_exponent: Zipf-like token frequencies.
+    # None (the default, left out of the run id) and 0 are the untilted chain.
+    zipf_exponent: float | None = None
 
     def resolve(self, model: ModelConfig, file: str | None) -> None:
         for name in ("vocab_size", "order", "concentration"):
             positive(getattr(self, name), f"data.{name}", file)
+        if self.zipf_exponent is not None and not self.zipf_exponent >= 0:
+            raise ConfigError(
+                f"expected a number >= 0, got {self.zipf_exponent}", file=file, field="data.zipf_exponent"
+            )
+        if self.zipf_exponent == 0:
+            self.zipf_exponent = None  # the untilted chain: the same run id as a config without the field
         positive(self.support, "data.support", file, allow_none=True)
         check_support(self.vocab_size, self.support, file)
         if self.vocab_size**self.order > 4_000_000:
@@ -334,7 +358,12 @@ class MarkovConfig(SourceConfig):
 
     def build(self, stream_seed: int) -> MarkovSource:
         return _language(
-            self.vocab_size, self.order, self.support, float(self.concentration), self.seed
+            self.vocab_size,
+            self.order,
+            self.support,
+            float(self.concentration),
+            self.seed,
+            float(self.zipf_exponent or 0),
         ).with_stream_seed(stream_seed)
 
 
@@ -342,5 +371,7 @@ class MarkovConfig(SourceConfig):
 # depend on the run seed, so it is cached per process; each run gets a cheap view with its own stream seed.
 # A few entries only: a large chain holds hundreds of MB.
 @lru_cache(maxsize=4)
-def _language(vocab_size: int, order: int, support: int | None, concentration: float, seed: int) -> MarkovSource:
-    return MarkovSource(vocab_size, order, support, concentration, seed=seed)
+def _language(
+    vocab_size: int, order: int, support: int | None, concentration: float, seed: int, zipf_exponent: float = 0.0
+) -> MarkovSource:
+    return MarkovSource(vocab_size, order, support, concentration, seed=seed, zipf_exponent=zipf_exponent)
