@@ -433,23 +433,42 @@ class ChinchillaLaw(Law):
                 results.append((float(res.fun), res.x))
         if not results:
             raise FitError(f"ChinchillaLaw: {method} failed from every starting point")
-        f_local, theta = min(results, key=lambda t: t[0])
+        theta = self._polish_best(
+            results,
+            len(order),
+            delta,
+            lambda t: self._least_squares(t, lN, lD, lL),
+            lambda t: huber_lse_objective(t, lN, lD, lL, delta)[0],
+        )
+        return _theta_to_params(theta)
+
+    def _polish_best(
+        self,
+        results: list[tuple[float, FloatArray]],
+        n_starts: int,
+        delta: float,
+        polish: Any,
+        objective: Any,
+    ) -> FloatArray:
+        """The best local result, polished by the second method when that improves it (see the module
+        doc); records ``optimizer_`` and ``objective_``. Shared by the free and the constrained fits."""
+        f_local, z = min(results, key=lambda t: t[0])
         f_best = f_local
         if self.polish:
-            theta_ls = self._least_squares(theta, lN, lD, lL)
-            f_ls = huber_lse_objective(theta_ls, lN, lD, lL, delta)[0]
-            if np.all(np.isfinite(theta_ls)) and f_ls < f_best:
-                theta, f_best = theta_ls, f_ls
+            z_ls = polish(z)
+            f_ls = objective(z_ls)
+            if np.all(np.isfinite(z_ls)) and f_ls < f_best:
+                z, f_best = z_ls, f_ls
         fs = np.array([f for f, _ in results])
         self.optimizer_ = {
-            "starts_run": len(order),
+            "starts_run": n_starts,
             "starts_at_best": int(np.sum(fs <= f_local + 1e-9 * max(1.0, abs(f_local)))),
             "local_objective": f_local * delta,
             "polished_objective": f_best * delta,
             "polish_gain": (f_local - f_best) * delta,
         }
         self.objective_ = f_best * delta
-        return _theta_to_params(theta)
+        return z
 
     def _refit(self, X: FloatArray, y: FloatArray, p0: FloatArray) -> FloatArray:
         form = self._form()
@@ -529,22 +548,13 @@ class ChinchillaLaw(Law):
                     results.append((float(res.fun), res.x))
         if not results:
             raise FitError(f"ChinchillaLaw: {method} failed from every starting point")
-        f_local, z = min(results, key=lambda t: t[0])
-        f_best = f_local
-        if self.polish:
-            z_ls = self._least_squares_form(form, z, lN, lD, lL)
-            f_ls = objective(z_ls)[0]
-            if np.all(np.isfinite(z_ls)) and f_ls < f_best:
-                z, f_best = z_ls, f_ls
-        fs = np.array([f for f, _ in results])
-        self.optimizer_ = {
-            "starts_run": len(order),
-            "starts_at_best": int(np.sum(fs <= f_local + 1e-9 * max(1.0, abs(f_local)))),
-            "local_objective": f_local * delta,
-            "polished_objective": f_best * delta,
-            "polish_gain": (f_local - f_best) * delta,
-        }
-        self.objective_ = f_best * delta
+        z = self._polish_best(
+            results,
+            len(order),
+            delta,
+            lambda t: self._least_squares_form(form, t, lN, lD, lL),
+            lambda t: objective(t)[0],
+        )
         return form.params(z)
 
     def _predict_params(self, p: FloatArray, X: FloatArray) -> FloatArray:
