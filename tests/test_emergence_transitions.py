@@ -141,6 +141,40 @@ def test_forecast_crossing_from_small_runs_brackets_the_true_crossing():
     assert observed_crossing(XS, acc, 0.5) == pytest.approx(true, rel=0.3)
 
 
+def test_a_crossing_forecast_whose_resamples_all_fail_says_so(monkeypatch):
+    # Issue 11: every bootstrap resample of the trend failing made np.percentile raise on an empty array.
+    from scalescope.laws.power import SaturatingPowerLaw
+
+    def fail(self, X, y, p0):
+        raise RuntimeError("injected: this resample cannot be fitted")
+
+    monkeypatch.setattr(SaturatingPowerLaw, "_refit", fail)
+    loss, _ = _artifact()
+    fc = forecast_crossing(XS, loss, 0.5, link=exact_match_link(L_TOKENS), fit_below=1e3, bootstrap=20, random_state=0)
+    assert math.isfinite(fc.x_cross) and all(math.isnan(v) for v in fc.interval)
+    assert fc.verdict == "unidentified" and "every bootstrap resample" in fc.reason
+    rec = crossing_record(fc, x_column="params_nonembedding", metric="final_exact_match", continuous_metric="loss")
+    assert rec["interval"] == [None, None] and not rec["informative"]
+    json.dumps(rec, allow_nan=False)  # strict JSON, as the ledger writes it
+    _, acc = _artifact()
+    assert score_crossing(rec, XS, acc)["status"] == "uninformative"
+
+
+def test_a_wide_crossing_interval_is_uninformative_not_covered():
+    # Half a decade either way (INFORMATIVE_DECADES): an interval [1e3, 1e5] has half-width 1 decade.
+    from scalescope.forecast.crossing import INFORMATIVE_DECADES, crossing_verdict, half_width_decades
+
+    assert half_width_decades((1e3, 1e5)) == pytest.approx(1.0)
+    assert INFORMATIVE_DECADES < 1.0
+    rec = {"threshold": 0.5, "fit_max_x": 1e2, "predicted": 1e4, "interval": [1e3, 1e5], "rising": True}
+    x = np.array([1e2, 1e3, 1e4, 1e5])
+    s = score_crossing(rec, x, np.array([0.1, 0.3, 0.7, 0.9]))
+    assert s["inside"] and not s["informative"] and s["status"] == "uninformative" and not s["covered"]
+    assert crossing_verdict("ok", 100, 1.0, 1.0)[0] == "weak"
+    assert crossing_verdict("ok", 100, 1.0, 0.2)[0] == "ok"
+    assert crossing_verdict("ok", 100, 0.5, math.inf)[0] == "weak"
+
+
 def test_forecast_crossing_bad_input():
     with pytest.raises(FitError, match="only 2 runs"):
         forecast_crossing(XS, np.linspace(3, 1, XS.size), 0.5, link=exact_match_link(3), fit_below=XS[1])
@@ -173,7 +207,9 @@ def test_crossing_forecast_is_recorded_once_and_scored_when_larger_runs_exist(tm
     assert never["observed"] is None and not never["covered"]
     unbounded = {**rec, "predicted": None, "interval": [rec["interval"][0], None]}  # "never", as JSON stores it
     u = score_crossing(unbounded, XS, acc)
-    assert u["covered"] and u["rel_error"] is None
+    # Inside an open-ended interval is no success: it says nothing about where the crossing is.
+    assert u["inside"] and not u["covered"] and u["status"] == "uninformative" and u["rel_error"] is None
+    assert s["status"] == "covered" and s["informative"]
 
     # Through the ledger's own scorer (``scalescope forecast --score``), on a fake store's runs table.
     from scalescope.cli.forecast import _print_scores

@@ -261,3 +261,18 @@ def test_cross_check_verdict_does_not_stack() -> None:
     assert once.verdict == twice.verdict == "weak"
     assert twice.reason == "the cross-check disagrees (DISAGREE: y)"
     assert twice.with_cross_check(True, "agree").verdict == "ok"
+
+
+def test_an_amplitude_is_judged_by_its_term_at_the_centre_of_the_data() -> None:
+    # A = 1e4 with alpha = 0.8 over x in [1e5, 1e7]: A is the term's value at x = 1, five decades outside
+    # the data, so a small uncertainty in alpha moves A by orders of magnitude while the curve the data see
+    # (A·x_c^-alpha at the geometric centre x_c = 1e6) barely moves. With 3% noise on 8 points alpha's
+    # interval is ~±0.15, i.e. A's spans ~2 decades by construction; the term's spans ~0.1.
+    x = np.logspace(5, 7, 8)
+    y = (1.0 + 1e4 * x**-0.8) * _noise(8, 11, 0.03)
+    law = SaturatingPowerLaw(bootstrap=300, random_state=0).fit(x, y)
+    a = law.diagnostics_.parameters["A"]
+    assert a.interval_decades > 1.0  # A's own interval is wide: the trap the term rule avoids
+    assert a.judged_on.startswith("95% interval of its term at x = 1e+06")
+    assert a.judged_decades < 0.5 and a.pinned, a.reasons
+    assert _strict_json(law)["diagnostics"]["parameters"]["A"]["judged_decades"] < 0.5

@@ -96,8 +96,9 @@ def _print_analysis(res: dict[str, Any]) -> None:
     for r in res["forecasts"]:
         s = r.get("score") or {}
         lo, hi = r["interval"]
+        status = s.get("status") or ("covered" if s.get("covered") else "missed")
         obs = (
-            f"observed {_f(s.get('observed'), '.4g')}, covered {'yes' if s.get('covered') else 'no'}"
+            f"observed {_f(s.get('observed'), '.4g')}, {status}"
             if s
             else "not scored yet (scalescope forecast --store DIR --score)"
         )
@@ -161,8 +162,10 @@ def _run(args: argparse.Namespace) -> int:
         print(
             f"  {rec['metric']} reaches {rec['threshold']:g} at {rec['x_column']} = {_f(rec['predicted'], '.4g')}, "
             f"{100 * rec['level']:.0f}% interval [{_f(lo, '.4g')}, {_f(hi, '.4g')}] "
-            f"({100 * rec['fraction_crossing']:.0f}% of bootstrap draws cross)"
+            f"({_f(rec['fraction_crossing'] and 100 * rec['fraction_crossing'], '.0f')}% of bootstrap draws cross)"
         )
+        if rec.get("verdict"):
+            print(f"  verdict: {rec['verdict']}: {rec['reason']}")
         print(f"  score it once larger runs exist: scalescope forecast --store {args.store} --score")
         return 0
     res = analyze(

@@ -659,7 +659,7 @@ def _print_text(out: dict[str, Any]) -> None:
             status = (params.get(k) or {}).get("status")
             print(f"  {k:>8} = {out[k]:.6g}   95% CI {'not shown: unpinned' if status == 'unpinned' else 'n/a'}")
         else:
-            print(f"  {k:>8} = {out[k]:.6g}   95% CI [{lo:.6g}, {hi:.6g}]")
+            print(f"  {k:>8} = {out[k]:.6g}   95% CI [{lo:.6g}, {hi:.6g}]{_judged(params.get(k))}")
     if cons:
         parts = []
         if cons.get("fix_E") is not None:
@@ -690,6 +690,17 @@ def _print_text(out: dict[str, Any]) -> None:
         status = h.get("status")
         extra = f"; {', '.join(map(str, status))}" if isinstance(status, list) else (f"; {status}" if status else "")
         print(f"  holdout of the {h['k']} largest: max |relative error| {h['max_abs_rel_error']:.3%}{extra}")
+
+
+def _judged(d: dict[str, Any] | None) -> str:
+    """For an amplitude judged by its term at the data's centre: that term's interval (what the data pin)."""
+    if not d or not d.get("judged_on") or not d.get("judged_interval"):
+        return ""
+    lo, hi = d["judged_interval"]
+    if not (_finite(lo) and _finite(hi)):
+        return ""
+    on = str(d["judged_on"]).removeprefix("95% interval of ")
+    return f"; {on}: [{lo:.3g}, {hi:.3g}]"
 
 
 def _print_auto(out: dict[str, Any]) -> None:

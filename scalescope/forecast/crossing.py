@@ -29,6 +29,7 @@ from ..version import __version__
 from .ledger import forecast_id, now, register_kind, write_record
 
 __all__ = [
+    "INFORMATIVE_DECADES",
     "LINKS",
     "RECORD_KIND",
     "CrossingForecast",
@@ -46,6 +47,11 @@ __all__ = [
 
 RECORD_KIND = "emergence_crossing"
 _LN10 = math.log(10.0)
+# A crossing interval counts as informative when its half-width is at most half a decade (the scale is
+# predicted within a factor of ~3.2 either way): the analogue for a scale of the law forecasts' ±10% on a
+# loss. Wider, the forecast cannot tell a researcher which of two adjacent sweep sizes to train, so an
+# observation inside it is "uninformative", not a success.
+INFORMATIVE_DECADES = 0.5
 
 # Links from a continuous metric's trend to the discontinuous metric, by the name a record's link_spec uses.
 LINKS: dict[str, Callable[..., Callable[[FloatArray], FloatArray]]] = {"exact_match": exact_match_link}
@@ -68,6 +74,38 @@ class CrossingForecast:
     trend_params: dict[str, float]
     trend_ci: dict[str, tuple[float, float]]
     bound: float | None = None  # the trend's bound (None: 1 for an increasing metric, 0 for a decreasing one)
+    verdict: str = "ok"  # ok / weak / unidentified, as a law's (see crossing_verdict)
+    reason: str = ""
+    half_width_decades: float = math.nan  # log10(hi/lo)/2; inf when the interval is open-ended
+
+
+def half_width_decades(interval: tuple[float, float]) -> float:
+    """log10(hi/lo)/2 of a positive interval; inf when open-ended, NaN when unknown."""
+    lo, hi = interval
+    if not (lo is not None and hi is not None and math.isfinite(lo) and lo > 0 and hi == hi):
+        return math.nan
+    return math.inf if math.isinf(hi) else 0.5 * math.log10(hi / lo)
+
+
+def crossing_verdict(trend_verdict: str | None, n_draws: int, fraction: float, hw: float) -> tuple[str, str]:
+    """One verdict for a crossing forecast: ``unidentified`` when no resample of the trend could be fitted or
+    the trend's own fit is unidentified; ``weak`` when the trend's fit is weak, fewer draws cross than the
+    interval's level needs (its upper end is then open), or the interval is wider than
+    :data:`INFORMATIVE_DECADES`; ``ok`` otherwise."""
+    if n_draws == 0:
+        return "unidentified", "every bootstrap resample of the trend failed: no interval"
+    if trend_verdict == "unidentified":
+        return "unidentified", "the trend's fit is unidentified (see trend_diagnostics)"
+    weak = []
+    if trend_verdict == "weak":
+        weak.append("the trend's fit is weak (see trend_diagnostics)")
+    if not math.isfinite(hw):
+        weak.append(f"only {fraction:.0%} of the trend's resamples cross within the searched range")
+    elif hw > INFORMATIVE_DECADES:
+        weak.append(f"the interval spans ±{hw:.2f} decades (informative: at most ±{INFORMATIVE_DECADES:g})")
+    if weak:
+        return "weak", "; ".join(weak)
+    return "ok", f"interval ±{hw:.2f} decades, trend pinned"
 
 
 def _first_crossing(lx: FloatArray, d: FloatArray, threshold: float, rising: bool) -> FloatArray:
@@ -136,19 +174,29 @@ def forecast_crossing(
     x_cross = float(np.exp(_first_crossing(lx, central, threshold, rising)[0]))
     lxd = _first_crossing(lx, draws, threshold, rising)
     q = [50 * (1 - level), 50 * (1 + level)]
-    lo, hi = np.exp(np.percentile(lxd, q, method="inverted_cdf"))  # no interpolation: inf stays inf
+    if len(lxd):
+        lo, hi = np.exp(np.percentile(lxd, q, method="inverted_cdf"))  # no interpolation: inf stays inf
+        fraction = float(np.mean(np.isfinite(lxd)))
+    else:  # every resample of the trend failed: no interval, and the verdict says so
+        lo = hi = fraction = math.nan
+    hw = half_width_decades((float(lo), float(hi)))
+    diag = trend.law.diagnostics_
+    verdict, reason = crossing_verdict(diag.verdict if diag else None, len(lxd), fraction, hw)
     return CrossingForecast(
         x_cross=x_cross,
         interval=(float(lo), float(hi)),
         level=level,
         threshold=float(threshold),
-        fraction_crossing=float(np.mean(np.isfinite(lxd))),
+        fraction_crossing=fraction,
         n_points=len(xa),
         fit_max_x=float(xa.max()),
         direction=dirn,
         trend_params=dict(trend.law.params_),
         trend_ci=dict(trend.law.ci_),
         bound=bound,
+        verdict=verdict,
+        reason=reason,
+        half_width_decades=hw,
     )
 
 
@@ -215,6 +263,11 @@ def crossing_record(
             "trend_direction": fc.direction,
             "trend_bound": fc.bound,
             "link_spec": None if link_spec is None else dict(link_spec),
+            "verdict": fc.verdict,
+            "reason": fc.reason,
+            "half_width_decades": fc.half_width_decades,
+            "informative_limit_decades": INFORMATIVE_DECADES,
+            "informative": fc.half_width_decades <= INFORMATIVE_DECADES,
             "created_at": now(),
             "score": None,
         }
@@ -232,7 +285,10 @@ def score_crossing(rec: dict[str, Any], x: ArrayLike, y: ArrayLike) -> dict[str,
     is larger than the largest fitted one. Scored when the observed metric crosses the threshold (then
     ``observed`` is the interpolated crossing and ``covered`` says whether it is in the interval) or when
     runs reach past the interval's upper end without crossing (``observed`` None, not covered).
-    Errors are in decades (``log10_error`` = log10 predicted/observed) and relative (``rel_error``)."""
+    Errors are in decades (``log10_error`` = log10 predicted/observed) and relative (``rel_error``).
+    ``inside``: the observation lies in the interval; ``informative``: the interval's half-width is at most
+    the record's limit (:data:`INFORMATIVE_DECADES`); ``covered``: both; ``status``: ``covered``, ``missed``
+    (informative, observation outside) or ``uninformative``, as for law forecasts."""
     xa, ya = np.asarray(x, dtype=float).ravel(), np.asarray(y, dtype=float).ravel()
     ok = np.isfinite(xa) & np.isfinite(ya) & (xa > 0)
     xa, ya = xa[ok], ya[ok]
@@ -241,6 +297,15 @@ def score_crossing(rec: dict[str, Any], x: ArrayLike, y: ArrayLike) -> dict[str,
     obs = observed_crossing(xa, ya, float(rec["threshold"]), rising=bool(rec.get("rising", True)))
     lo, hi = rec["interval"]
     hi = math.inf if hi is None else float(hi)
+    lo = math.nan if lo is None else float(lo)
+    limit = float(rec.get("informative_limit_decades") or INFORMATIVE_DECADES)
+    hw = half_width_decades((lo, hi))
+    informative = bool(hw <= limit)
+
+    def verdict(inside: bool) -> dict[str, Any]:
+        status = "uninformative" if not informative else ("covered" if inside else "missed")
+        return {"inside": inside, "informative": informative, "covered": inside and informative, "status": status}
+
     if obs is None:
         if xa.max() <= hi:
             return None  # not crossed yet, but not past the interval either
@@ -250,7 +315,9 @@ def score_crossing(rec: dict[str, Any], x: ArrayLike, y: ArrayLike) -> dict[str,
             "error": None,
             "rel_error": None,
             "log10_error": None,
-            "covered": False,
+            **verdict(False),
+            # Runs past the upper end without a crossing: the forecast is wrong however wide it was.
+            "status": "missed",
         }
     # A forecast of "never within the searched range" is stored as predicted null.
     pred = math.inf if rec["predicted"] is None else float(rec["predicted"])
@@ -261,7 +328,7 @@ def score_crossing(rec: dict[str, Any], x: ArrayLike, y: ArrayLike) -> dict[str,
         "error": pred - obs if finite else None,
         "rel_error": (pred - obs) / obs if finite else None,
         "log10_error": math.log10(pred / obs) if finite else None,
-        "covered": bool(lo is not None and float(lo) <= obs <= hi),
+        **verdict(bool(math.isfinite(lo) and lo <= obs <= hi)),
     }
 
 

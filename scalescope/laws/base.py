@@ -156,6 +156,9 @@ class Law(Estimator):
     nuisance_params: ClassVar[tuple[str, ...]] = ("A", "B")
     positive_params: ClassVar[tuple[str, ...]] = ("E", "A", "B")
     signed_params: ClassVar[tuple[str, ...]] = ()
+    # Amplitude -> (its exponent, feature column) for terms amp·x^(−exponent): the diagnostics judge such an
+    # amplitude by its term at the centre of the data (see ``diagnostics``), not by its value at x = 1.
+    amplitude_terms: ClassVar[dict[str, tuple[str, int]]] = {}
     # "residuals": model-based resampling of the fixed design (every law of a designed sweep); "pairs":
     # resample points (cases), robust to heteroscedastic noise (Efron & Tibshirani 1993, sec. 9.5).
     resampling: ClassVar[Literal["residuals", "pairs"]] = "residuals"
@@ -322,8 +325,35 @@ class Law(Estimator):
             fixed_sign=[k for k in names if k not in self.signed_params],
             residual_scale=scale,
             options=self._param_keys(),
+            judged_ci=self._term_intervals(X),
         )
         self.ci_ = self.confidence_intervals(0.95)
+
+    def _term_intervals(self, X: FloatArray) -> dict[str, tuple[float, float, str]]:
+        """95% intervals of each amplitude's term amp·x_c^(−exponent) at the geometric centre x_c of its
+        feature, studentized like the parameters' (``confidence_intervals``): the quantity the data pin."""
+        names = self.param_names
+        out: dict[str, tuple[float, float, str]] = {}
+        draws, ratio = self.bootstrap_params_, self._studentize()
+        if len(draws) == 0:
+            return out
+        for amp, (expo, col) in self.amplitude_terms.items():
+            if amp not in names or expo not in names or amp in self._fixed():
+                continue
+            ia, ie = names.index(amp), names.index(expo)
+            xc = float(np.exp(np.mean(np.log(X[:, col]))))
+            with np.errstate(all="ignore"):
+                hat = self.param_vector_[ia] * xc ** (-self.param_vector_[ie])
+                term = draws[:, ia] * xc ** (-draws[:, ie])
+            if ratio is not None:
+                term = hat + (term - hat) * ratio
+            term = term[np.isfinite(term)]
+            if len(term) == 0:
+                continue
+            lo, hi = np.percentile(term, [2.5, 97.5])
+            feature = self.feature_names[col]
+            out[amp] = (float(lo), float(hi), f"95% interval of its term at {feature} = {xc:.3g}")
+        return out
 
     def _bootstrap_fit(self, X: FloatArray, y: FloatArray, p: FloatArray, leverage: FloatArray | None = None) -> None:
         """B refits, warm-started at ``p``. Residual resampling (``resampling = "residuals"``): the design

@@ -297,6 +297,7 @@ class ChinchillaLaw(Law):
     """
 
     feature_names = ("N", "D")
+    amplitude_terms = {"A": ("alpha", 0), "B": ("beta", 1)}
     target_name = "loss"
     log_features = (True, True)
 

@@ -12,7 +12,11 @@ A parameter is *pinned* when the data determine it. It is *unpinned* when any of
 - most bootstrap resamples failed (more than ``FAILED_SHARE_MAX``): its interval rests on a minority of
   resamples that could be fitted, a biased sample;
 - its 95% bootstrap interval spans more than ``DECADE_LIMIT`` decade (for a parameter of fixed sign:
-  amplitudes, floors, exponents), or reaches 0 (the sign itself is then undetermined);
+  amplitudes, floors, exponents), or reaches 0 (the sign itself is then undetermined). An amplitude paired
+  with an exponent (A in A·N^(−α)) is judged by its *term at the centre of the data*, A·N_c^(−α) with N_c
+  the geometric mean of N, not by A itself: A is the term's value at N = 1, an extrapolation over many
+  decades that trades off exponentially against α (on the demo's free Chinchilla fit, B's interval spans
+  four decades while its term at the median D spans 0.5); the exponent is judged on its own;
 - its interval has zero width although the data are noisy: the resamples did not move it (a stalled
   optimizer or a parameter stuck at a bound), so the interval says nothing.
 
@@ -101,6 +105,10 @@ class ParameterDiagnostic:
     interval_decades: float
     fixed: bool = False
     nuisance: bool = False
+    # What the decade rule judged when not the parameter's own interval (an amplitude's term), and its span.
+    judged_on: str = ""
+    judged_decades: float = math.nan
+    judged_interval: tuple[float, float] = (math.nan, math.nan)
 
     @property
     def status(self) -> Literal["fixed", "pinned", "unpinned"]:
@@ -116,6 +124,9 @@ class ParameterDiagnostic:
             "at_bound": self.at_bound,
             "interval_decades": self.interval_decades,
             "nuisance": self.nuisance,
+            "judged_on": self.judged_on or None,
+            "judged_decades": self.judged_decades if self.judged_on else None,
+            "judged_interval": list(self.judged_interval) if self.judged_on else None,
         }
 
 
@@ -307,13 +318,16 @@ def assess_fit(
     fixed_sign: Iterable[str] = (),
     residual_scale: float = math.nan,
     options: Iterable[str] = (),
+    judged_ci: Mapping[str, tuple[float, float, str]] | None = None,
 ) -> FitDiagnostics:
     """The diagnostics of one fit from its pieces (the law computes them; see ``Law.diagnostics_``).
 
     ``raw_ci``: 95% percentile intervals (NaN without draws); ``at_bound``: name -> the bound it sits at
     (None: not at a bound); ``collinear``: from :func:`collinear_parameters`; ``fixed_sign``: parameters
     judged on the decade rule; ``residual_scale``: the fit's residual scale (zero-width intervals count as
-    degenerate only above a noise floor); ``options``: the law's constructor options (for suggestions).
+    degenerate only above a noise floor); ``options``: the law's constructor options (for suggestions);
+    ``judged_ci``: name -> (lo, hi, what) to judge on the decade rule in place of the parameter's own
+    interval, e.g. an amplitude's term at the centre of the data (``what`` names it in the reason).
     """
     fixed_set, nuis_set, sign_set = set(fixed), set(nuisance), set(fixed_sign)
     free = [k for k in names if k not in fixed_set]
@@ -344,14 +358,23 @@ def assess_fit(
             reasons.append(f"most bootstrap resamples failed ({n_failed} of {n_bootstrap})")
         lo, hi = raw_ci.get(name, (math.nan, math.nan))
         decades = _decades(lo, hi, name in sign_set)
+        jlo, jhi, what = (judged_ci or {}).get(name, (lo, hi, "95% interval"))
+        judged = _decades(jlo, jhi, name in sign_set)
         if has_draws and not most_failed:
-            if name in sign_set and decades > DECADE_LIMIT:
-                reasons.append(f"95% interval {_fmt_decades(decades)}")
+            if name in sign_set and judged > DECADE_LIMIT:
+                reasons.append(f"{what} {_fmt_decades(judged)}")
             width_zero = math.isfinite(lo) and math.isfinite(hi) and hi - lo <= 1e-12 * max(abs(float(v)), 1e-300)
             if width_zero and noisy:
                 reasons.append("95% interval has zero width on noisy data (the resamples did not move it)")
         params[name] = ParameterDiagnostic(
-            pinned=not reasons, reasons=reasons, at_bound=bound is not None, interval_decades=decades, nuisance=nuis
+            pinned=not reasons,
+            reasons=reasons,
+            at_bound=bound is not None,
+            interval_decades=decades,
+            nuisance=nuis,
+            judged_on=what if name in (judged_ci or {}) else "",
+            judged_decades=judged,
+            judged_interval=(jlo, jhi),
         )
     ppp = n_points / max(len(free), 1)
     # An option already in use is no suggestion: E fixed means fix_E is set, beta fixed means a shared exponent.
@@ -428,6 +451,7 @@ def _verdict(
     return (
         "ok",
         f"{n_points} points for {len(free)} parameters ({ppp:.1f} each): every parameter pinned "
-        f"(95% intervals within {DECADE_LIMIT:g} decade, none at a bound)",
+        f"(95% intervals within {DECADE_LIMIT:g} decade, amplitudes judged by their terms at the data's centre; "
+        "none at a bound)",
         suggestions,
     )

@@ -73,6 +73,7 @@ class ComputeFrontierLaw(SaturatingPowerLaw):
     """
 
     feature_names = ("C",)
+    amplitude_terms = {"A": ("gamma", 0)}
     target_name = "loss"
     log_features = (True,)
 

@@ -22,6 +22,8 @@ class PowerLaw(Law):
     Fitted: ``params_ = {"A", "alpha"}`` plus the :class:`~scalescope.laws.base.Law` attributes.
     """
 
+    amplitude_terms = {"A": ("alpha", 0)}
+
     def __init__(self, *, bootstrap: int = 1000, random_state: int | np.random.Generator | None = None):
         self.bootstrap = bootstrap
         self.random_state = random_state
@@ -56,6 +58,8 @@ class SaturatingPowerLaw(Law):
     best result kept. Fitted: ``params_ = {"E", "A", "alpha"}``; ``bounds_`` {"E": (0, inf)} (a curve with
     no visible floor puts E at 0, which ``diagnostics_`` reports as a bound, not a measured floor).
     """
+
+    amplitude_terms = {"A": ("alpha", 0)}
 
     def __init__(
         self,

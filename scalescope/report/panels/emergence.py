@@ -24,6 +24,7 @@ from matplotlib.figure import Figure
 
 from ...analyses.prompt_length import FORMS, analyze, demos_table
 from ...analyses.transitions import SmoothTrend
+from ...forecast.crossing import INFORMATIVE_DECADES
 from ...laws.sigmoid import SigmoidLaw
 from ...store import Store
 from ..core import Context, Skip, figure, panel, table
@@ -435,11 +436,17 @@ def capability_scale(ctx: Context) -> str | None:
                     r["x_column"],
                     fmt(r["predicted"]),
                     f"[{fmt(lo)}, {fmt(hi)}]",
+                    str(r.get("verdict") or "-"),
                     fmt(s.get("observed")) if s else "pending",
-                    ("yes" if s.get("covered") else "no") if s else "-",
+                    (s.get("status") or ("covered" if s.get("covered") else "missed")) if s else "-",
                 ]
             )
-        body += table(["forecast", "metric", "threshold", "x", "predicted", "interval", "observed", "covered"], frows)
+        head = ["forecast", "metric", "threshold", "x", "predicted", "interval", "verdict", "observed", "status"]
+        body += table(head, frows) + (
+            f"<p class='note'>A crossing forecast counts as covered only when its interval is informative "
+            f"(half-width at most ±{INFORMATIVE_DECADES:g} decade); otherwise an observation inside it is "
+            "'uninformative'.</p>"
+        )
     return body
 
 
