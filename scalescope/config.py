@@ -138,7 +138,8 @@ class TrainConfig:
     # sgd: heavy-ball momentum (Nesterov off).
     momentum: float = 0.9
     schedule: Literal["cosine", "constant", "wsd"] = "cosine"
-    # Warmup steps; a value in (0, 1) is read as a fraction of the total steps.
+    # Warmup: a fraction of the run in [0, 1), or a whole number of steps (>= 1); shorter than the run either way
+    # (checked where the run's steps are known: scalescope.schedule.check_warmup, when an experiment loads).
     warmup: float = 0.05
     # Final lr as a fraction of the peak (cosine and the decay of wsd).
     min_lr_ratio: float = 0.1

@@ -6,17 +6,20 @@ import shutil
 import sys
 import time
 from collections.abc import Callable
+from concurrent.futures import CancelledError, Future
 from dataclasses import dataclass
 
 from . import config as C
 from .data import build_source
-from .executors import Executor, LocalExecutor, RunSpec
+from .errors import StoreError
+from .executors import ELSEWHERE, Executor, LocalExecutor, RunSpec
 from .model import flops_per_token
-from .rundir import DONE_STATES
+from .rundir import DONE_STATES, ENDED_STATES, RunDir
+from .runlock import RunLock
 from .schedule import budget_steps
 from .store import Store
 from .sweep import Experiment
-from .train import Outcome
+from .train import Outcome, done_outcome
 
 
 @dataclass
@@ -41,13 +44,27 @@ def plan(exp: Experiment, store: Store) -> list[Planned]:
                 src.prepare(store.cache_dir)
             except C.ConfigError as e:
                 raise C.ConfigError(str(e), file=exp.file) from None
+            except OSError as e:  # disk full, permission lost: name what could not be written
+                raise StoreError(
+                    f"{e.filename or store.cache_dir}: cannot prepare the data ({e.strerror or e})"
+                ) from None
             vocab[key] = src.vocab_size
         fpt = flops_per_token(cfg.model, vocab[key])
         steps = budget_steps(cfg, fpt)
-        rd = store.add(cfg, experiment=exp.name)
+        try:
+            rd = store.add(cfg, experiment=exp.name)
+        except OSError as e:
+            where = e.filename or store.run_dir(C.run_id(cfg)).path
+            raise StoreError(f"{where}: cannot create the run directory ({e.strerror or e})") from None
         tokens = steps * cfg.train.batch_size * cfg.model.seq_len
-        out.append(Planned(cfg, rd.id, tokens, tokens * fpt, rd.is_done()))
+        out.append(Planned(cfg, rd.id, tokens, tokens * fpt, _really_done(cfg, rd)))
     return out
+
+
+def _really_done(cfg: C.RunConfig, rd: RunDir) -> bool:
+    """Done, and a ``finished`` status borne out by the metrics (``train.done_outcome``); otherwise the run
+    is dispatched and its worker resumes it, saying why."""
+    return done_outcome(cfg, rd)[0] is not None
 
 
 class Progress:
@@ -65,7 +82,10 @@ class Progress:
     def _tokens(self) -> int:
         total = 0
         for p in self.planned:
-            st = self.store.run_dir(p.run_id).read_status()
+            try:
+                st = self.store.run_dir(p.run_id).read_status()
+            except OSError:  # an unreadable status is the worker's failure to report, not the progress line's
+                continue
             total += p.tokens_total if st.get("state") in DONE_STATES else st.get("tokens", 0)
         return total
 
@@ -85,6 +105,11 @@ class Progress:
         failed = sum(1 for o in outcomes.values() if o.status != "finished")
         extra = f", {failed} not finished" if failed else ""
         return f"runs {done}/{len(self.planned)}{extra} | {rate:,.0f} tokens/s | elapsed {el:.0f}s | ETA {eta_s}"
+
+    def say(self, text: str) -> None:
+        """A line of its own, above the progress line."""
+        self.stream.write(("\r" + text.ljust(90) if self.tty else text) + "\n")
+        self.stream.flush()
 
     def update(self, outcomes: dict[str, Outcome], final: bool = False) -> None:
         now = time.time()
@@ -135,22 +160,50 @@ def run_experiment(
         # Threads per run follow the requested worker count, not how many runs remain: a resumed run then
         # gets the thread count it started with, which bitwise-exact resume on CPU needs.
         executor = LocalExecutor(workers=workers, threads_per_worker=threads)
-    futures = {
-        p.run_id: executor.submit(RunSpec(p.cfg, str(store.run_dir(p.run_id).path), str(store.cache_dir))) for p in todo
-    }
+    specs = {p.run_id: RunSpec(p.cfg, str(store.run_dir(p.run_id).path), str(store.cache_dir)) for p in todo}
+    futures = {rid: executor.submit(spec) for rid, spec in specs.items()}
+    waiting: dict[str, float] = {}  # runs another worker holds -> when we last looked at them
+    told: set[str] = set()
     outcomes: dict[str, Outcome] = {}
     prog = Progress(planned, store) if progress else None
+    say = prog.say if prog else _say
+
+    def finish(out: Outcome) -> None:
+        outcomes[out.id] = out
+        if on_outcome:
+            on_outcome(out)
+
     try:
-        while len(outcomes) < len(futures):
-            for rid, fut in futures.items():
-                if rid not in outcomes and fut.done():
-                    outcomes[rid] = fut.result()
-                    if on_outcome:
-                        on_outcome(outcomes[rid])
+        while len(outcomes) < len(specs):
+            for rid, fut in list(futures.items()):
+                if not fut.done():
+                    continue
+                del futures[rid]
+                out = _result(rid, fut)
+                if out.status != ELSEWHERE:
+                    finish(out)
+                    continue
+                if rid not in told:  # once: a run taken over and lost again is still the same news
+                    told.add(rid)
+                    say(f"run {rid}: {out.error or 'running elsewhere'}; waiting")
+                waiting[rid] = time.time()
+            for rid, last in list(waiting.items()):
+                if time.time() - last < WAIT_POLL_S:
+                    continue
+                waiting[rid] = time.time()
+                verdict = _elsewhere(store.run_dir(rid))
+                if isinstance(verdict, Outcome):
+                    del waiting[rid]
+                    say(f"run {rid}: {verdict.status} elsewhere")
+                    finish(verdict)
+                elif verdict is not None:  # the other worker is gone: take the run over (and resume it)
+                    del waiting[rid]
+                    say(f"run {rid}: {verdict}; taking it over")
+                    futures[rid] = executor.submit(specs[rid])
             if prog:
                 prog.update(outcomes)
             time.sleep(0.1)
-    except KeyboardInterrupt:
+    except BaseException:  # Ctrl-C, or a bug here: stop the workers rather than leave them training
         executor.shutdown(cancel=True)
         raise
     if prog:
@@ -161,3 +214,43 @@ def run_experiment(
         Outcome(p.run_id, store.run_dir(p.run_id).read_status()["state"], skipped=True) for p in planned if p.done
     ]
     return skipped + [outcomes[p.run_id] for p in todo]
+
+
+# How often the driver looks at a run another worker holds: a status read and a lock read per second are
+# nothing, and a run that ends elsewhere is then reported within a second.
+WAIT_POLL_S = 1.0
+
+
+def _say(text: str) -> None:
+    print(text, file=sys.stderr, flush=True)
+
+
+def _result(rid: str, fut: Future[Outcome]) -> Outcome:
+    """The future's outcome; an executor that failed (its monitor died, a remote job was lost) fails the
+    run, it does not stop the sweep or leave it waiting."""
+    try:
+        return fut.result()
+    except CancelledError:
+        return Outcome(rid, "failed", error="cancelled")
+    except Exception as e:
+        return Outcome(rid, "failed", error=f"executor: {e}")
+
+
+def _elsewhere(rd: RunDir) -> Outcome | str | None:
+    """A run another worker holds: its outcome once it has ended, a reason to take it over when that
+    worker is gone (lock released or stale, run not ended), or None while it still runs."""
+    try:
+        st = rd.read_status()
+        state = st.get("state")
+        if state in ENDED_STATES:
+            error = st.get("error") or st.get("reason")
+            return Outcome(rd.id, state, st.get("step", 0), st.get("final_val_loss"), error, skipped=True)
+        lock = RunLock(rd)
+        h = lock.holder()
+    except OSError as e:
+        return Outcome(rd.id, "failed", error=f"cannot read its status or lock ({e.strerror or e})")
+    if h is None:
+        return "its worker released it unfinished"
+    if lock.is_stale(h):
+        return f"the lock of {h} is stale"
+    return None

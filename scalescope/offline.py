@@ -14,11 +14,11 @@ from typing import Literal
 import torch
 
 from . import config as C
-from .checkpoint import TrainState, load_checkpoint, load_weights
+from .checkpoint import TrainState, load_checkpoint, load_weights, mismatch
 from .data import build_source
 from .data.base import Source
 from .device import pick_device
-from .errors import ConfigError
+from .errors import ConfigError, StoreError
 from .model import GPT
 from .optim import make_optimizer
 from .rundir import RunDir
@@ -79,7 +79,11 @@ def load_run(
     source.prepare(Store.containing(rd).cache_dir)
     model = GPT(cfg.model, source.vocab_size)
     opt = make_optimizer(model, cfg.train)
+    # Loaded with weights_only=True (scalescope.checkpoint): a checkpoint from an untrusted store runs no code.
     latest: TrainState | None = load_checkpoint(rd.checkpoint_path) if rd.checkpoint_path.exists() else None
+    diff = mismatch(latest, run_id=rd.id) if latest is not None else None
+    if diff:
+        raise StoreError(f"{rd.checkpoint_path}: checkpoint of another run: {diff}")
     has_opt = False
     if step is None or (latest is not None and latest.step == step):
         if latest is None:

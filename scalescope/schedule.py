@@ -8,6 +8,7 @@ from __future__ import annotations
 import math
 
 from .config import RunConfig, TrainConfig
+from .errors import ConfigError
 
 
 def budget_steps(cfg: RunConfig, flops_per_token: float) -> int:
@@ -22,9 +23,30 @@ def budget_steps(cfg: RunConfig, flops_per_token: float) -> int:
 
 
 def warmup_steps(cfg: TrainConfig, total_steps: int) -> int:
-    """``cfg.warmup`` in steps: values in (0, 1) are a fraction of the run."""
+    """``cfg.warmup`` in steps: values in (0, 1) are a fraction of the run (:func:`check_warmup` checks it)."""
     w = cfg.warmup
     return int(round(w * total_steps)) if 0 < w < 1 else int(w)
+
+
+def check_warmup(cfg: TrainConfig, total_steps: int, file: str | None = None) -> None:
+    """Raise :class:`ConfigError` (``train.warmup``) unless the warmup is a fraction in [0, 1) or a whole number
+    of steps, and shorter than the run: ``1.5`` would be read as 1 step, and a warmup of the whole run never
+    reaches the peak learning rate (it trains at a fraction of it and still ends ``finished``)."""
+    w = cfg.warmup
+    if not (math.isfinite(w) and w >= 0 and (w < 1 or float(w).is_integer())):
+        raise ConfigError(
+            f"expected a fraction of the run in [0, 1) or a whole number of steps, got {w:g}",
+            file=file,
+            field="train.warmup",
+        )
+    n = warmup_steps(cfg, total_steps)
+    if n >= total_steps:
+        raise ConfigError(
+            f"warmup of {n} steps is not shorter than the run ({total_steps} steps): the whole run would train "
+            "below train.lr; use fewer steps, a fraction in [0, 1), or a larger budget",
+            file=file,
+            field="train.warmup",
+        )
 
 
 def lr_at(step: int, cfg: TrainConfig, total_steps: int) -> float:
@@ -68,3 +90,15 @@ def is_eval_step(step: int, every: int, total_steps: int) -> bool:
 
 def eval_steps(every: int, total_steps: int) -> list[int]:
     return [s for s in range(total_steps + 1) if is_eval_step(s, every, total_steps)]
+
+
+def eval_count(every: int, total_steps: int) -> int:
+    """``len(eval_steps(every, total_steps))`` without listing them (a budget of 1e18 tokens has ~1e14 steps)."""
+    below = min(every - 1, total_steps)  # the powers of two 1, 2, 4, ... <= below
+    powers = below.bit_length() if below >= 1 else 0
+    multiples = total_steps // every
+    if total_steps < every:  # the last step is already counted when it is a power of two
+        end = 1 if total_steps >= 1 and total_steps & (total_steps - 1) else 0
+    else:
+        end = 1 if total_steps % every else 0
+    return 1 + powers + multiples + end

@@ -13,13 +13,22 @@ DataFrames:
   (``final_<metric>``), the source's entropy rate, and every config field as a dotted column
   (``model.d_model``, ``train.tokens``, ...), plus ``config`` (the nested dict);
 - ``metrics``: the long table of every run's ``metrics.jsonl``: id, step, tokens, flops, wall_s,
-  metric, value.
+  metric, value;
+- ``problems``: one line per damaged file (``runs/<id>/metrics.jsonl: line 12 is not JSON (...)``).
+
+One bad file never costs the store: a run whose ``config.json`` cannot be read is left out of the tables;
+one whose ``status`` or ``meta.json`` cannot be read is listed with status ``unreadable`` (its metrics are
+kept, but no analysis takes an ``unreadable`` run for a finished one); every readable row of a damaged
+``metrics.jsonl`` is kept. Each is reported once in ``problems``; ``scalescope check --repair`` mends what can
+be mended.
 """
 
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +36,7 @@ import pandas as pd
 
 from . import config as C
 from .errors import StoreError
-from .rundir import RunDir
+from .rundir import DONE_STATES, METRIC_FIELDS, STATES, RunDir, read_json_object
 
 METRIC_COLUMNS = {
     "step": "BIGINT",
@@ -37,6 +46,8 @@ METRIC_COLUMNS = {
     "metric": "VARCHAR",
     "value": "DOUBLE",
 }
+assert list(METRIC_COLUMNS) == list(METRIC_FIELDS)  # the SQL types of the rows rundir writes and checks
+UNREADABLE = "unreadable"  # the status of a listed run whose status or meta.json cannot be read
 
 
 class Store:
@@ -97,18 +108,63 @@ def _flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
 class Tables:
     runs: pd.DataFrame
     metrics: pd.DataFrame
+    problems: list[str] = field(default_factory=list)  # one line per damaged file, "runs/<id>/<file>: ..."
 
 
-def _read_metrics(con: Any, files: list[str]) -> pd.DataFrame:
+def _read_metrics_sql(con: Any, files: list[str]) -> pd.DataFrame:
     cols = ", ".join(f"'{k}': '{v}'" for k, v in METRIC_COLUMNS.items())
     if not files:
         return pd.DataFrame(columns=["id", *METRIC_COLUMNS])
+    # A row without a step or a metric cannot be placed (DuckDB reads "{}" as a row of NULLs);
+    # RunDir.scan_metrics counts such a line as bad, and the two paths must agree.
     q = f"""
         SELECT regexp_extract(filename, '([^/\\\\]+)[/\\\\][^/\\\\]+$', 1) AS id, {", ".join(METRIC_COLUMNS)}
         FROM read_json(?, format='newline_delimited', columns={{{cols}}}, filename=true)
+        WHERE step IS NOT NULL AND metric IS NOT NULL
         ORDER BY id, step, metric
     """
     return con.execute(q, [files]).df()
+
+
+def _read_metrics(con: Any, runs: dict[str, RunDir], states: dict[str, str], problems: list[str]) -> pd.DataFrame:
+    """The long metrics table of ``runs`` (id -> run directory); damaged files add a line to ``problems``.
+
+    The healthy bulk is read by DuckDB in one query. Only when that fails is each file tried alone, and the
+    ones DuckDB refuses are read line by line in Python (:meth:`RunDir.scan_metrics`), keeping every good
+    row: the cost of a damaged store falls on its damaged files, never on a healthy one."""
+    import duckdb
+
+    # Empty files are left out (DuckDB has no rows to give, and infers nothing from them).
+    files = {rid: rd.metrics_path for rid, rd in runs.items() if rd.metrics_size()}
+    try:
+        return _read_metrics_sql(con, [str(p) for p in files.values()])
+    except duckdb.Error:
+        pass
+    good, salvaged = [], []
+    for rid, path in files.items():
+        try:
+            _read_metrics_sql(con, [str(path)])
+            good.append(str(path))
+            continue
+        except duckdb.Error:
+            pass
+        scan = runs[rid].scan_metrics()
+        # A running run's last append may be in flight as we read: half a line there is no damage.
+        for why in scan.problems(torn_is_expected=states.get(rid) == "running"):
+            problems.append(f"runs/{rid}/{path.name}: {why}")
+        if scan.rows:
+            salvaged.append(pd.DataFrame(scan.rows, columns=list(METRIC_COLUMNS)).assign(id=rid))
+    frames = [_read_metrics_sql(con, good)] + salvaged
+    out = pd.concat([f for f in frames if len(f)], ignore_index=True) if any(len(f) for f in frames) else frames[0]
+    out = out[["id", *METRIC_COLUMNS]]
+    # The dtypes DuckDB gives, so that both paths build the same table: an integer column with a gap is
+    # pandas' nullable Int64, as DuckDB makes it.
+    for col, sql in {"id": "VARCHAR", **METRIC_COLUMNS}.items():
+        if sql == "BIGINT":
+            out[col] = out[col].astype("Int64" if out[col].isna().any() else "int64")
+        else:
+            out[col] = out[col].astype("float64" if sql == "DOUBLE" else "str")
+    return out.sort_values(["id", "step", "metric"], ignore_index=True)
 
 
 def _with_defaults(cfg: dict[str, Any], defaults: dict[str, Any]) -> dict[str, Any]:
@@ -124,18 +180,85 @@ def _with_defaults(cfg: dict[str, Any], defaults: dict[str, Any]) -> dict[str, A
     return out
 
 
+_reporters: list[Callable[[str], None]] = []
+
+
+@contextmanager
+def reporting_problems(report: Callable[[str], None]) -> Iterator[None]:
+    """While inside, every problem :func:`load` finds is also passed to ``report``, once each (a command
+    that loads the store several times warns once). The command line wraps every command in this, so
+    ``fit``, ``report``, ``forecast``... warn about damaged files without each knowing how."""
+    seen: set[str] = set()
+
+    def once(line: str) -> None:
+        if line not in seen:
+            seen.add(line)
+            report(line)
+
+    _reporters.append(once)
+    try:
+        yield
+    finally:
+        _reporters.remove(once)
+
+
+def _is_number(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+def _read_run(rd: RunDir, problems: list[str]) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any]] | None:
+    """A run's config, status and meta, each damaged file reported in ``problems``; None when the config
+    cannot be read (without it the run has no columns and no identity: it is left out). A status or meta
+    that cannot be read makes the status ``unreadable``: the run stays visible in ``runs`` (with its
+    metrics), and no analysis mistakes it for a finished run."""
+    where = f"runs/{rd.id}"
+    cfg, why = read_json_object(rd.config_path)
+    if cfg is None:
+        problems.append(f"{where}/{rd.config_path.name}: {why}; the run is left out")
+        return None
+    status, why = read_json_object(rd.status_path)
+    if status is None and why != "missing":
+        problems.append(f"{where}/{rd.status_path.name}: {why}")
+    elif status is not None and (status.get("state") not in STATES or not _is_number(status.get("step", 0))):
+        problems.append(f"{where}/{rd.status_path.name}: state {status.get('state')!r} at step {status.get('step')!r}")
+        status, why = None, "bad"
+    status = status if status is not None else {"state": "pending" if why == "missing" else UNREADABLE}
+    meta, why = read_json_object(rd.meta_path)
+    if meta is None:
+        if why != "missing":
+            problems.append(f"{where}/{rd.meta_path.name}: {why}")
+            status = {**status, "state": UNREADABLE}
+        elif status.get("state") in DONE_STATES:
+            # The worker writes meta.json before its first step, so a done run without it lost it.
+            problems.append(
+                f"{where}/{rd.meta_path.name}: missing, so the run has no parameter count and stays out of fits "
+                "(scalescope check --repair, then scalescope run, rewrites it)"
+            )
+        meta = {}
+    elif not all(_is_number(meta.get(k, 0)) for k in ("tokens_per_step", "flops_per_token")):
+        problems.append(f"{where}/{rd.meta_path.name}: tokens_per_step or flops_per_token is not a number")
+        meta, status = {}, {**status, "state": UNREADABLE}
+    return cfg, status, meta
+
+
 def load(store: str | Path) -> Tables:
-    """Read every run of ``store`` into a runs table and a long metrics table (see module doc)."""
+    """Read every run of ``store`` into a runs table and a long metrics table, and the list of what is
+    damaged (see module doc). Raises :class:`StoreError` only when ``store`` is not a store directory."""
     import duckdb
 
     st = Store(store)
     if not st.path.is_dir():
         raise StoreError(f"{st.path}: no such store directory")
-    ids = st.run_ids()
+    problems: list[str] = []
+    read = {}
+    for rid in st.run_ids():
+        files = _read_run(st.run_dir(rid), problems)
+        if files is not None:
+            read[rid] = files
     con = duckdb.connect()
-    # The id is the name of the folder each file is in (see _read_metrics); empty files are left out.
-    files = [str(p) for p in (st.run_dir(i).metrics_path for i in ids) if p.exists() and p.stat().st_size]
-    metrics = _read_metrics(con, files)
+    # The id is the name of the folder each file is in (see _read_metrics_sql).
+    states = {rid: status["state"] for rid, (_, status, _) in read.items()}
+    metrics = _read_metrics(con, {rid: st.run_dir(rid) for rid in read}, states, problems)
     # Final value of every metric per run: the row with the largest step.
     if len(metrics):
         final = con.execute(
@@ -148,17 +271,15 @@ def load(store: str | Path) -> Tables:
 
     rows = []
     defaults = C.to_dict(C.RunConfig())  # today's default of every config field (see _with_defaults)
-    for rid in ids:
-        rd = st.run_dir(rid)
-        cfg = rd.read_config()
-        status = rd.read_status()
-        meta = rd.read_meta()
+    for rid, (cfg, status, meta) in read.items():
         tps = meta.get("tokens_per_step")
         step = status.get("step", 0)
+        flags = status.get("flags")
         row = {
             "id": rid,
             "status": status.get("state", "pending"),
             "experiment": status.get("experiment"),
+            "flags": ",".join(map(str, flags)) if isinstance(flags, list) else "",
             "params_total": meta.get("params_total"),
             "params_embedding": meta.get("params_embedding"),
             "params_nonembedding": meta.get("params_nonembedding"),
@@ -166,7 +287,7 @@ def load(store: str | Path) -> Tables:
             "step": step,
             "total_steps": meta.get("total_steps"),
             "tokens": step * tps if tps else 0,
-            "flops": step * tps * meta["flops_per_token"] if tps else 0.0,
+            "flops": step * tps * meta.get("flops_per_token", 0.0) if tps else 0.0,
             "entropy_rate": meta.get("entropy_rate"),
             "error": status.get("error") or status.get("reason"),
             "config": cfg,
@@ -192,7 +313,10 @@ def load(store: str | Path) -> Tables:
                 "config",
             ]
         )
-    return Tables(runs=runs, metrics=metrics)
+    for line in problems:
+        for report in _reporters:
+            report(line)
+    return Tables(runs=runs, metrics=metrics, problems=problems)
 
 
 def runs_json(tables: Tables) -> list[dict[str, Any]]:
@@ -213,6 +337,7 @@ def runs_json(tables: Tables) -> list[dict[str, Any]]:
         "final_train_loss",
         "entropy_rate",
         "error",
+        "flags",
         "config",
     ]
     out = []

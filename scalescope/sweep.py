@@ -20,6 +20,8 @@ from pathlib import Path
 from typing import Any
 
 from . import config as C
+from .model import flops_per_token
+from .schedule import budget_steps, check_warmup
 
 
 @dataclass
@@ -75,7 +77,9 @@ def expand(raw: dict[str, Any], file: str | None = None) -> list[C.RunConfig]:
             for path, value in zip(paths, values):
                 _set_path(r, path, value, file)
         try:
-            runs.append(C.from_dict(r, file))
+            cfg = C.from_dict(r, file)
+            check_warmup(cfg.train, run_steps(cfg), file)
+            runs.append(cfg)
         except C.ConfigError as e:
             # Name the sweep when the bad value came from it.
             swept = {p for paths, _ in axes for p in paths}
@@ -93,6 +97,18 @@ def expand(raw: dict[str, Any], file: str | None = None) -> list[C.RunConfig]:
     return unique
 
 
+def run_steps(cfg: C.RunConfig) -> int:
+    """The run's length in optimizer steps, known before its data are prepared: a ``train.flops`` budget
+    divides by 6N + 12 L T d per token, where N is the non-embedding count, so the vocabulary does not enter
+    (any vocab_size gives the same steps as :func:`scalescope.lab.plan`)."""
+    return budget_steps(cfg, flops_per_token(cfg.model, vocab_size=1))
+
+
+# The tables that make an experiment; a file with none of them (empty, only comments, or only ``name`` and
+# ``seed``) would silently train the default config.
+CONFIG_TABLES = ("data", "model", "train", "instruments", "sweep")
+
+
 def _check_instruments(runs: list[C.RunConfig], file: str | None) -> None:
     """Each run's instruments against its config (unknown names, bad options, a source an instrument cannot
     measure, positions past the context), so that such a mistake is one line before any run starts."""
@@ -106,7 +122,10 @@ def _check_instruments(runs: list[C.RunConfig], file: str | None) -> None:
 
 
 def load_experiment(path: str | Path) -> Experiment:
+    """The experiment a TOML file describes; every mistake found without training is a :class:`ConfigError`."""
     raw = C.load_toml(path)
+    if not any(k in raw for k in CONFIG_TABLES):
+        raise C.ConfigError("empty experiment: expected at least a [model], [data] or [train] table", file=path)
     name = raw.get("name", Path(path).stem)
     if not isinstance(name, str):
         raise C.ConfigError(f"expected a string, got {name!r}", file=path, field="name")

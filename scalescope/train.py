@@ -4,15 +4,21 @@ Resume is exact: a checkpoint (:class:`scalescope.checkpoint.TrainState`) holds 
 every RNG, the step (the scheduler and the data position are pure functions of it, see ``schedule.py``
 and ``data/base.py``), the running train-loss accumulators and the length of ``metrics.jsonl`` at that
 moment. The run directory's files are written through :class:`scalescope.rundir.RunDir`.
+
+Resume is also checked: a checkpoint records its run id, config hash and data fingerprint, and a run
+refuses one that names another run, another config or other data (:func:`scalescope.checkpoint.mismatch`);
+a ``finished`` status is trusted only when the metrics reach the run's last step (:func:`finished_problem`).
+A finished run whose validation loss barely fell or rose at the end is flagged (:func:`numerics_flags`).
 """
 
 from __future__ import annotations
 
 import math
+import sys
 import time
 import traceback
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -21,11 +27,20 @@ import torch
 
 from . import config as C
 from . import instruments as instr
-from .checkpoint import TrainState, load_checkpoint, restore_rng_state, rng_state, save_checkpoint, save_weights
+from .checkpoint import (
+    TrainState,
+    load_checkpoint,
+    mismatch,
+    restore_rng_state,
+    rng_state,
+    save_checkpoint,
+    save_weights,
+)
 from .data import build_source
-from .data.base import Batch, Source
+from .data.base import Batch, Source, fingerprint_of
 from .device import pick_device
-from .model import GPT
+from .errors import StoreError
+from .model import GPT, flops_per_token
 from .optim import make_optimizer
 from .rundir import DONE_STATES, RunDir
 from .runmeta import run_meta
@@ -37,11 +52,88 @@ class Outcome:
     """What one run came to: what :func:`train` returns and executors hand back to the driver."""
 
     id: str
-    status: str  # finished | diverged | failed
+    status: str  # finished | diverged | failed | elsewhere (executors.base: another worker holds the run)
     steps: int = 0
     final_val_loss: float | None = None
     error: str | None = None
     skipped: bool = False  # True when the run was already done and nothing was computed
+    flags: list[str] = field(default_factory=list)  # numerics flags of a finished run (numerics_flags)
+
+
+# Numerics flags (issue 12 item 6), as fractions of the run's learnable gap: initial val loss minus the
+# source's entropy rate (0 when unknown). Measured on the tiny Markov config (vocab 16 and 64, 30-300 steps):
+# healthy runs (lr 0.003-0.1) close 19-94% of the gap, even 8 steps at lr 0.01 close 19%, while runs at
+# lr 0.3-1.0 on the 64-token chain close 6-7% (they end barely below their initial loss). Their final loss
+# is set by the initialisation, not by N or D, so they are no scaling-law points.
+UNDERTRAINED_FRACTION = 0.10
+# Healthy runs end within 0.4-1.1% of the gap above the minimum of their last quarter of evaluations (the
+# validation batches are fixed, so that is parameter noise); a rise of 5% (4.5x the largest seen) means the
+# run lost a real part of its progress at the end.
+UNSTABLE_FRACTION = 0.05
+UNSTABLE_TAIL = 0.25  # "the end": the last quarter of the evaluations
+
+
+def numerics_flags(val_losses: Sequence[float], floor: float | None = None) -> tuple[list[str], str | None]:
+    """(flags, one-line reason) of a finished run from its validation losses in step order (the first is
+    the untrained model's) and the source's entropy rate ``floor`` (None: unknown, taken as 0).
+
+    ``undertrained``: the final loss closed less than :data:`UNDERTRAINED_FRACTION` of the gap between the
+    initial loss and the floor. ``unstable``: the final loss exceeds the minimum over the last
+    :data:`UNSTABLE_TAIL` of the evaluations (at least two) by more than :data:`UNSTABLE_FRACTION` of it.
+    """
+    vals = [float(v) for v in val_losses if v is not None and math.isfinite(float(v))]
+    if len(vals) < 2:
+        return [], None
+    first, last = vals[0], vals[-1]
+    gap = first - (floor if floor is not None and math.isfinite(floor) else 0.0)
+    if gap <= 0:  # started at (or below) the floor: nothing to learn, nothing to judge
+        return [], None
+    flags, why = [], []
+    closed = (first - last) / gap
+    if closed < UNDERTRAINED_FRACTION:
+        flags.append("undertrained")
+        why.append(
+            f"val loss {first:.4g} -> {last:.4g} closed {closed:.1%} of the gap to the floor "
+            f"(< {UNDERTRAINED_FRACTION:.0%})"
+        )
+    if len(vals) >= 3:
+        tail = vals[-max(2, math.ceil(UNSTABLE_TAIL * len(vals))) :]
+        rise = (last - min(tail)) / gap
+        if rise > UNSTABLE_FRACTION:
+            flags.append("unstable")
+            why.append(
+                f"val loss rose from {min(tail):.4g} to {last:.4g} over the last {len(tail)} evaluations "
+                f"({rise:.1%} of the gap, > {UNSTABLE_FRACTION:.0%})"
+            )
+    return flags, ("; ".join(why) or None)
+
+
+def total_steps_of(cfg: C.RunConfig) -> int:
+    """The run's optimizer steps, without building the model or the data: the budget depends on FLOPs per
+    token only through the non-embedding parameter count, which does not depend on the vocabulary."""
+    return budget_steps(cfg, flops_per_token(cfg.model, 1))
+
+
+def finished_problem(cfg: C.RunConfig, rd: RunDir) -> str | None:
+    """None when a ``finished`` status is borne out by the metrics (the last ``val_loss`` row is at the
+    run's last step); else what is wrong, in one line. A status is one small file anyone can edit; the
+    metrics are what the run actually did."""
+    total = total_steps_of(cfg)
+    try:
+        rows = rd.read_metrics()
+    except (OSError, ValueError) as e:
+        return f"{rd.metrics_path} cannot be read ({type(e).__name__})"
+    steps = [r.get("step") for r in rows if isinstance(r, dict) and r.get("metric") == "val_loss"]
+    last = steps[-1] if steps else None
+    if last != total:
+        return f"the last val_loss in {rd.metrics_path} is at step {last}, not at the run's last step {total}"
+    return None
+
+
+def _warn(rd: RunDir, warnings: list[str], text: str) -> None:
+    """A warning on stderr and, through ``warnings``, in every later status of this run."""
+    warnings.append(text)
+    print(f"warning: run {rd.id}: {text}", file=sys.stderr, flush=True)
 
 
 def split_micro(batch: Batch, micro: int) -> list[Batch]:
@@ -88,6 +180,20 @@ def evaluate(model: GPT, source: Source, cfg: C.RunConfig, device: torch.device)
     return total / cfg.train.eval_batches
 
 
+def done_outcome(cfg: C.RunConfig, rd: RunDir) -> tuple[Outcome | None, str | None]:
+    """(the skipped Outcome of a run that is done, None), or (None, why a ``finished`` status cannot be
+    trusted), or (None, None) for a run still to train. The one test of "done" that the driver (planning),
+    the worker (before it takes the run's lock) and :func:`train` share."""
+    st = rd.read_status()
+    if st.get("state") not in DONE_STATES:
+        return None, None
+    problem = finished_problem(cfg, rd) if st.get("state") == "finished" else None
+    if problem is not None:
+        return None, problem
+    flags = [str(f) for f in st["flags"]] if isinstance(st.get("flags"), list) else []
+    return Outcome(rd.id, st["state"], st.get("step", 0), st.get("final_val_loss"), skipped=True, flags=flags), None
+
+
 def train(
     cfg: C.RunConfig,
     run_dir: str | Path,
@@ -99,27 +205,41 @@ def train(
     that fails: the failure is recorded in the run's status and returned."""
     rd = RunDir(Path(run_dir))
     rid = rd.id
-    st = rd.read_status()
-    if st.get("state") in DONE_STATES:
-        return Outcome(rid, st["state"], st.get("step", 0), st.get("final_val_loss"), skipped=True)
+    warnings: list[str] = []
+    done, problem = done_outcome(cfg, rd)
+    if done is not None:
+        return done
+    if problem is not None:
+        _warn(rd, warnings, f"status says finished but {problem}: resuming the run")
     try:
-        return _train(cfg, rd, Path(cache_dir) if cache_dir else rd.local_cache_dir, threads)
+        return _train(cfg, rd, Path(cache_dir) if cache_dir else rd.local_cache_dir, threads, warnings)
     except KeyboardInterrupt:
         raise
     except Exception as e:  # one run's crash must not take the sweep down: record it and move on
-        msg = f"{type(e).__name__}: {e}"
+        # Our own errors are one line that names the file; anything else keeps its type for the log.
+        msg = str(e) if isinstance(e, StoreError) else f"{type(e).__name__}: {e}"
         rd.write_error_log(traceback.format_exc())
-        rd.write_status("failed", error=msg)
+        rd.write_status("failed", error=msg, **({"warnings": warnings} if warnings else {}))
         return Outcome(rid, "failed", error=msg)
 
 
-def _train(cfg: C.RunConfig, rd: RunDir, cache_dir: Path, threads: int | None) -> Outcome:
+def _train(cfg: C.RunConfig, rd: RunDir, cache_dir: Path, threads: int | None, warnings: list[str]) -> Outcome:
     if threads:
         torch.set_num_threads(threads)
     device = pick_device(cfg.train.device)
     tc = cfg.train
     source = build_source(cfg.data, seed=cfg.seed)
     source.prepare(cache_dir)
+    # What the data is now (a corpus's content hash, read from disk): it must be what the run was
+    # configured with (data.fingerprint, kept in the stored config) and what its checkpoint was taken on.
+    data_fp = fingerprint_of(source)
+    cfg_fp = getattr(cfg.data, "fingerprint", None)
+    if cfg_fp is not None and cfg_fp != data_fp:
+        raise StoreError(
+            f"{rd.config_path}: data.fingerprint is {cfg_fp} but the data now hashes to {data_fp} "
+            f"(was {getattr(cfg.data, 'path', 'the source')} edited?); refusing to train this run on other data"
+        )
+    config_hash = C.run_id(cfg)
 
     torch.manual_seed(cfg.seed)
     model = GPT(cfg.model, source.vocab_size)  # initialised on the CPU: same weights on any device
@@ -139,8 +259,29 @@ def _train(cfg: C.RunConfig, rd: RunDir, cache_dir: Path, threads: int | None) -
     ref_loss: float | None = None
     n_evals = 0
     ckpt = rd.checkpoint_path
-    if ckpt.exists():
-        state = load_checkpoint(ckpt)
+    # An unreadable checkpoint (zero bytes, truncated, not plain data) fails the run with a line naming
+    # it rather than restarting: scalescope writes checkpoints atomically, so a damaged one means outside
+    # damage that the user should see, and a restart would irrecoverably discard the run's progress on
+    # what may be a transient read error. Deleting the file (or `scalescope check --repair`) restarts it.
+    state: TrainState | None = load_checkpoint(ckpt) if ckpt.exists() else None
+    if state is not None:
+        diff = mismatch(state, run_id=rd.id, config_hash=config_hash, data_fingerprint=data_fp)
+        if diff:
+            raise StoreError(
+                f"{ckpt}: refusing to resume from a checkpoint of another run or other data: {diff}; "
+                "delete it to restart the run from step 0"
+            )
+        # False: metrics.jsonl lost rows this checkpoint covers (helper contract of RunDir.truncate_metrics);
+        # they cannot be recomputed without replaying, so the run restarts from step 0.
+        if rd.truncate_metrics(state.metrics_size) is False:
+            _warn(
+                rd,
+                warnings,
+                f"{rd.metrics_path} is shorter than the {state.metrics_size} bytes that {ckpt} covers: "
+                "restarting the run from step 0",
+            )
+            state = None
+    if state is not None:
         model.load_state_dict(state.model)
         opt.load_state_dict(state.optimizer)
         restore_rng_state(state.rng)
@@ -148,10 +289,12 @@ def _train(cfg: C.RunConfig, rd: RunDir, cache_dir: Path, threads: int | None) -
         loss_sum, loss_n, wall = state.loss_sum, state.loss_n, state.wall
         train_time_since, tokens_since = state.train_time_since, state.tokens_since
         ref_loss, n_evals, gnorm_last = state.ref_loss, state.n_evals, state.gnorm_last
-        rd.truncate_metrics(state.metrics_size)
+        if not rd.read_meta():  # lost (or unreadable) meta.json: without it the run drops out of fits
+            rd.write_meta(run_meta(cfg, model, source, total, device))
     else:
         rd.truncate_metrics(0)
         rd.write_meta(run_meta(cfg, model, source, total, device))
+    extra: dict[str, Any] = {"warnings": warnings} if warnings else {}
 
     def checkpoint() -> None:
         save_checkpoint(
@@ -171,6 +314,9 @@ def _train(cfg: C.RunConfig, rd: RunDir, cache_dir: Path, threads: int | None) -
                 n_evals=n_evals,
                 gnorm_last=gnorm_last,
                 metrics_size=rd.metrics_size(),
+                run_id=rd.id,
+                config_hash=config_hash,
+                data_fingerprint=data_fp,
             ),
         )
 
@@ -184,7 +330,7 @@ def _train(cfg: C.RunConfig, rd: RunDir, cache_dir: Path, threads: int | None) -
             "value": value,
         }
 
-    rd.write_status("running", step=step, tokens=step * tokens_per_step, total_steps=total)
+    rd.write_status("running", step=step, tokens=step * tokens_per_step, total_steps=total, **extra)
     model.train()
     t_wall = time.perf_counter()
     val: float | None = None
@@ -208,9 +354,11 @@ def _train(cfg: C.RunConfig, rd: RunDir, cache_dir: Path, threads: int | None) -
             if tc.keep_weights:
                 save_weights(rd.weights_path(step), model.state_dict())
             if not math.isfinite(val):
-                return _diverged(rd, step, tokens_per_step, f"validation loss {val}")
+                return _diverged(rd, step, tokens_per_step, f"validation loss {val}", extra)
             checkpoint()
-            rd.write_status("running", step=step, tokens=step * tokens_per_step, total_steps=total, val_loss=val)
+            rd.write_status(
+                "running", step=step, tokens=step * tokens_per_step, total_steps=total, val_loss=val, **extra
+            )
             t_wall = time.perf_counter()
         if step >= total:
             break
@@ -228,7 +376,8 @@ def _train(cfg: C.RunConfig, rd: RunDir, cache_dir: Path, threads: int | None) -
             step += 1
             wall += time.perf_counter() - t_wall
             rd.append_metrics([row("train_loss", step_loss), row("grad_norm", gnorm_last)])
-            return _diverged(rd, step, tokens_per_step, f"train loss {step_loss:.4g}, grad norm {gnorm_last:.4g}")
+            why = f"train loss {step_loss:.4g}, grad norm {gnorm_last:.4g}"
+            return _diverged(rd, step, tokens_per_step, why, extra)
         opt.step()
         opt.zero_grad(set_to_none=True)
         step += 1
@@ -241,16 +390,27 @@ def _train(cfg: C.RunConfig, rd: RunDir, cache_dir: Path, threads: int | None) -
             wall += time.perf_counter() - t_wall
             t_wall = time.perf_counter()
             checkpoint()
-            rd.write_status("running", step=step, tokens=step * tokens_per_step, total_steps=total)
+            rd.write_status("running", step=step, tokens=step * tokens_per_step, total_steps=total, **extra)
 
+    # Numerics flags from every evaluation of the run (before a resume too: they are in metrics.jsonl).
+    vals = {r["step"]: r["value"] for r in rd.read_metrics() if r.get("metric") == "val_loss"}
+    flags, flag_reason = numerics_flags([vals[k] for k in sorted(vals)], source.entropy_rate)
+    if flags:
+        extra = {**extra, "flags": flags, "flag_reason": flag_reason}
     rd.write_status(
-        "finished", step=step, tokens=step * tokens_per_step, total_steps=total, final_val_loss=val, wall_s=wall
+        "finished",
+        step=step,
+        tokens=step * tokens_per_step,
+        total_steps=total,
+        final_val_loss=val,
+        wall_s=wall,
+        **extra,
     )
-    return Outcome(rd.id, "finished", step, val)
+    return Outcome(rd.id, "finished", step, val, flags=flags)
 
 
-def _diverged(rd: RunDir, step: int, tokens_per_step: int, why: str) -> Outcome:
-    rd.write_status("diverged", step=step, tokens=step * tokens_per_step, reason=why)
+def _diverged(rd: RunDir, step: int, tokens_per_step: int, why: str, extra: dict[str, Any]) -> Outcome:
+    rd.write_status("diverged", step=step, tokens=step * tokens_per_step, reason=why, **extra)
     return Outcome(rd.id, "diverged", step, error=why)
 
 

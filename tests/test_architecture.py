@@ -104,6 +104,7 @@ LAYERS = [
     "scalescope.offline",
     "scalescope.store",
     "scalescope.laws",
+    "scalescope.runlock",
     "scalescope.rundir",
     "scalescope.data",
     "scalescope.config",

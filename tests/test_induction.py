@@ -159,7 +159,7 @@ def test_icl_curves_against_brute_force_and_positions():
 def test_bad_options_are_config_errors():
     with pytest.raises(C.ConfigError, match="expected an integer >= 1"):
         build({"induction": {"n_sequences": 0}})
-    with pytest.raises(C.ConfigError, match="bad options"):
+    with pytest.raises(C.ConfigError, match="instruments.icl.erly: unknown option; did you mean 'early'"):
         build({"icl": {"erly": 3}})
     with pytest.raises(C.ConfigError, match="must come before"):
         build({"icl": {"early": 10, "late": 5}})

@@ -245,7 +245,7 @@ def test_bad_options_are_config_errors():
     for opts, field in (({"n_micro": 1}, "n_micro"), ({"ema": 1.0}, "ema"), ({"hessian_every": -1}, "hessian_every")):
         with pytest.raises(C.ConfigError, match=f"instruments.noise_scale.{field}"):
             build({"noise_scale": opts})
-    with pytest.raises(C.ConfigError, match="bad options"):
+    with pytest.raises(C.ConfigError, match="instruments.noise_scale.n_mikro: unknown option; did you mean 'n_micro'"):
         build({"noise_scale": {"n_mikro": 4}})
 
 

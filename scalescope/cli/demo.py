@@ -261,7 +261,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     check_positive(args, "workers", "threads")
     exp = load_experiment(EXPERIMENTS_DIR / "demo.toml")
     store = Store(args.store)
-    rc = run_and_summarize(exp, store, args.workers, threads=args.threads)
+    rc = run_and_summarize(exp, store, args.workers, threads=args.threads, assume_yes=args.yes)
     print()
     print(summarize(exp, store.path))
     print()

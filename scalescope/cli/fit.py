@@ -71,6 +71,11 @@ def _source(p: argparse.ArgumentParser, *, csv_help: str) -> None:
         default="nonembedding",
         help="with --store: which parameter count is N (default nonembedding, as Kaplan et al.)",
     )
+    p.add_argument(
+        "--include-flagged",
+        action="store_true",
+        help="with --store: also fit runs flagged undertrained or unstable (left out by default)",
+    )
 
 
 def _regime(p: argparse.ArgumentParser) -> None:
@@ -311,11 +316,13 @@ def _csv_rows(args: argparse.Namespace) -> Any:
 def _nd_table(args: argparse.Namespace, *, need_d: bool = True) -> Table:
     """N, D (and C, loss) from a store's finished runs or from CSV columns."""
     if args.store is not None:
-        from ..forecast.laws import entropy_rate_of, final_points, finished_runs
+        from ..forecast.laws import entropy_rate_of, excluded_note, final_points, finished_runs
 
         runs = finished_runs(args.store, args.where)
-        pts = final_points(runs, args.count)
-        skipped = len(runs) - len(pts)
+        pts = final_points(runs, args.count, include_flagged=getattr(args, "include_flagged", False))
+        excluded = excluded_note(pts)
+        flagged = 0 if getattr(args, "include_flagged", False) else len(pts.attrs["excluded"]["flagged"])
+        skipped = len(runs) - len(pts) - flagged
         if pts.empty:
             raise StoreError(
                 f"store {args.store}: none of the {len(runs)} selected finished runs has N, tokens and a final val loss"
@@ -333,6 +340,8 @@ def _nd_table(args: argparse.Namespace, *, need_d: bool = True) -> Table:
             },
             entropy_rate=entropy_rate_of(pts),
         )
+        if excluded:
+            t.notes.append(excluded)
         if skipped:
             t.notes.append(f"skipped {skipped} finished runs lacking positive N, tokens or final_val_loss")
     else:

@@ -127,6 +127,11 @@ def add_parser(sub: Any) -> None:
         help="largest relative half-width (hi - lo)/(2 predicted) of an interval that can count as covered "
         f"(default {INFORMATIVE_LIMIT:g})",
     )
+    p.add_argument(
+        "--include-flagged",
+        action="store_true",
+        help="also fit runs flagged undertrained or unstable (left out by default)",
+    )
     p.add_argument("--bootstrap", type=int, default=1000, metavar="K", help="bootstrap resamples (default 1000)")
     p.add_argument("--seed", type=int, default=0, help="bootstrap seed (default 0)")
     add_json(p)
@@ -267,6 +272,7 @@ def run_forecast(args: argparse.Namespace) -> int:
             E_min=_level(args.E_min, "--E-min"),
             informative_limit=args.informative_limit,
             target_source=source,
+            include_flagged=args.include_flagged,
         )
     except ConfigError as err:
         raise _flag_error(err, args) from None
@@ -288,6 +294,8 @@ def run_forecast(args: argparse.Namespace) -> int:
         f"  {rec['law']} law fitted on {rec['n_points']} finished runs (N {rec['count']}); "
         f"target {target_text(rec['target'])}{origin}"
     )
+    if rec.get("excluded"):
+        print(f"  {rec['excluded']}")
     if rec.get("dropped_below_min_tokens_per_param"):
         print(
             f"  dropped {rec['dropped_below_min_tokens_per_param']} runs with D/N < {rec['min_tokens_per_param']:g} "

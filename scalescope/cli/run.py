@@ -44,7 +44,13 @@ def add_parser(sub: Any) -> None:
 
 
 def add_workers(p: argparse.ArgumentParser) -> None:
+    """The options of every command that trains a sweep: parallelism, and consent to a costly plan."""
     p.add_argument("--workers", type=int, default=None, help="runs trained in parallel (default: one per core)")
+    p.add_argument(
+        "--yes",
+        action="store_true",
+        help="train even when a run's estimated time (over 24 h) or memory looks implausible for this machine",
+    )
     p.add_argument(
         "--threads",
         type=int,
@@ -59,14 +65,27 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     check_positive(args, "workers", "threads")
     exp = load_experiment(resolve_experiment(args.experiment))
-    return run_and_summarize(exp, Store(args.store), args.workers, quiet=args.quiet, threads=args.threads)
+    return run_and_summarize(
+        exp, Store(args.store), args.workers, quiet=args.quiet, threads=args.threads, assume_yes=args.yes
+    )
 
 
 def run_and_summarize(
-    exp: Any, store: Any, workers: int | None, quiet: bool = False, threads: int | None = None
+    exp: Any,
+    store: Any,
+    workers: int | None,
+    quiet: bool = False,
+    threads: int | None = None,
+    assume_yes: bool = False,
 ) -> int:
-    """Run the experiment with a progress line, then one summary line (and one line per failed run)."""
+    """Check the plan against the machine (time and memory; :mod:`scalescope.preflight`), then run the
+    experiment with a progress line, then one summary line (and one line per run that did not end)."""
     from ..lab import run_experiment
+    from ..preflight import check_experiment
+
+    # Before any run directory exists: a refusal (ConfigError) leaves nothing behind.
+    for line in check_experiment(exp, assume_yes=assume_yes, store=store if store.path.exists() else None):
+        print(line, file=sys.stderr)
 
     def header(planned: list[Any]) -> None:
         n, done = len(planned), sum(p.done for p in planned)
@@ -80,7 +99,9 @@ def run_and_summarize(
     skipped = sum(o.skipped for o in outcomes)
     summary = ", ".join(f"{v} {k}" for k, v in sorted(counts.items()))
     print(f"done: {summary}" + (f" ({skipped} already done, skipped)" if skipped else ""), file=sys.stderr)
-    for o in outcomes:
-        if o.status == "failed":
-            print(f"  run {o.id} failed: {o.error}", file=sys.stderr)
-    return 1 if counts.get("failed") else 0
+    # Anything but a run that ended (finished, or diverged: a result too) makes the exit code non-zero, so
+    # a script or scheduler never takes a sweep with failed or unrecorded runs for a complete one.
+    bad = [o for o in outcomes if o.status not in ("finished", "diverged")]
+    for o in bad:
+        print(f"  run {o.id} {o.status}: {o.error}", file=sys.stderr)
+    return 1 if bad else 0

@@ -66,6 +66,20 @@ class Source(Protocol):
         """JSON-able facts for the run's meta (entropy rate and its error, sizes, cache paths)."""
         ...
 
+    # Optional: ``fingerprint(self) -> str``, what the data is *now* (after ``prepare``). A checkpoint records
+    # it and resume refuses a checkpoint taken on other data. A source whose data lives outside its config
+    # (a corpus on disk) must define it as a content hash; without it (:func:`fingerprint_of`) the config's
+    # hash stands for the data. It is not a member of this protocol, so sources written before it still satisfy it.
+
+
+def fingerprint_of(source: Source) -> str | None:
+    """The source's data fingerprint: its own ``fingerprint()`` when it has one (a corpus on disk: its content
+    hash now), else None: a synthetic source's data are a pure function of its config, whose hash the
+    checkpoint records already (hashing ``describe()`` instead would tie resume to derived numbers, e.g. a
+    solver's iteration count, that may differ between the machines of one cluster)."""
+    own = getattr(source, "fingerprint", None)
+    return str(own()) if callable(own) else None
+
 
 def check_support(vocab_size: int, support: int | None, file: str | None) -> None:
     """A chain or emission table allows ``support`` of ``vocab_size`` tokens per row (None: all of them)."""

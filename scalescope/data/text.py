@@ -265,6 +265,11 @@ class TextSource:
         tokens = data[offsets[:, None] + np.arange(window)]
         return Batch.from_tokens(tokens.astype(np.int64))
 
+    def fingerprint(self) -> str:
+        """The corpus's content hash as it is on disk *now* (:func:`corpus_fingerprint`): a corpus edited
+        after a run was configured (its stored ``data.fingerprint`` is the old one) is told apart."""
+        return corpus_fingerprint(self.path)
+
     def describe(self) -> dict:
         d = {
             "kind": "text",

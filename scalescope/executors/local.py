@@ -3,10 +3,15 @@
 Why processes and not threads, and one thread per run by default: on a 2-core CPU two single-thread
 runs give ~1.94x one run, while one two-thread run gives ~1.7x and collapses when another process is
 busy (measured, see DESIGN.md). Why a process per run rather than a pool: a run that crashes the
-interpreter (segfault, OOM kill) then takes down only itself; its outcome is read from its run dir.
+interpreter (segfault, OOM kill) then takes down only itself.
 
-The executor reads a run directory and writes into it only in that case: a worker that died could not
-record its failure, so :func:`_outcome` records it for it (see :mod:`scalescope.rundir` on who writes what).
+A worker sends its :class:`~scalescope.train.Outcome` back through a pipe as it exits (that is how the
+driver learns of a run held elsewhere, or of a failure the worker could not write down). A worker that
+died without sending one could not record its failure either, so :func:`_outcome` records it for it,
+the executor's one write into a run directory (see :mod:`scalescope.rundir` on who writes what).
+
+No hang: the monitor thread turns every error it meets into a ``failed`` outcome of the run concerned,
+and if the thread itself fails, every pending future gets that exception and later submits fail at once.
 """
 
 from __future__ import annotations
@@ -16,11 +21,13 @@ import os
 import threading
 import time
 from concurrent.futures import Future
+from multiprocessing.connection import Connection
 from pathlib import Path
 
 from ..rundir import ENDED_STATES, RunDir
+from ..runlock import HOST, RunLock
 from ..train import Outcome
-from .base import RunSpec, execute
+from .base import ELSEWHERE, RunSpec, execute, unrecorded
 
 
 def _die_with_parent() -> None:
@@ -35,9 +42,13 @@ def _die_with_parent() -> None:
         pass
 
 
-def _worker_main(spec: RunSpec) -> None:
+def _worker_main(spec: RunSpec, conn: Connection) -> None:
     _die_with_parent()
-    execute(spec)
+    out = execute(spec)
+    if out.error and len(out.error) > 4000:  # an outcome must fit the pipe's buffer (64 KiB on Linux)
+        out.error = out.error[:4000] + " ..."
+    conn.send(out)
+    conn.close()
 
 
 def default_workers() -> int:
@@ -51,10 +62,11 @@ class LocalExecutor:
         self.threads = threads_per_worker or max(1, cores // self.workers)
         self._ctx = mp.get_context("spawn")  # fork after torch has started threads is unsafe
         self._queue: list[tuple[RunSpec, Future[Outcome]]] = []
-        self._running: dict[int, tuple[mp.process.BaseProcess, RunSpec, Future[Outcome]]] = {}
+        self._running: list[tuple[mp.process.BaseProcess, Connection, RunSpec, Future[Outcome]]] = []
         self._lock = threading.Lock()
         self._stop = False
-        self._thread = threading.Thread(target=self._loop, daemon=True)
+        self.error: BaseException | None = None  # what killed the monitor thread, if anything did
+        self._thread = threading.Thread(target=self._loop, daemon=True, name="local-executor")
         self._thread.start()
 
     def submit(self, spec: RunSpec) -> Future[Outcome]:
@@ -62,26 +74,59 @@ class LocalExecutor:
             spec = RunSpec(spec.config, spec.run_dir, spec.cache_dir, self.threads)
         fut: Future[Outcome] = Future()
         with self._lock:
-            self._queue.append((spec, fut))
+            if self.error is not None:
+                fut.set_exception(RuntimeError(f"the local executor has stopped: {self.error!r}"))
+            else:
+                self._queue.append((spec, fut))
         return fut
 
     def _loop(self) -> None:
-        while not self._stop:
+        try:
+            while not self._stop:
+                with self._lock:
+                    self._tick()
+                time.sleep(0.05)
+        except BaseException as e:
             with self._lock:
-                for pid, (proc, spec, fut) in list(self._running.items()):
-                    if not proc.is_alive():
-                        proc.join()
-                        del self._running[pid]
-                        fut.set_result(_outcome(spec, proc.exitcode))
-                while self._queue and len(self._running) < self.workers:
-                    spec, fut = self._queue.pop(0)
-                    if not fut.set_running_or_notify_cancel():
-                        continue
-                    proc = self._ctx.Process(target=_worker_main, args=(spec,), daemon=False)
-                    proc.start()
-                    assert proc.pid is not None  # set by start()
-                    self._running[proc.pid] = (proc, spec, fut)
-            time.sleep(0.05)
+                self.error = e
+                pending = [fut for *_, fut in self._running] + [fut for _, fut in self._queue]
+                for proc, *_ in self._running:
+                    proc.kill()  # orphans would write into runs that the driver now reports failed
+                    proc.join(timeout=5)
+                self._running.clear()
+                self._queue.clear()
+            for fut in pending:
+                if not fut.done():
+                    fut.set_exception(RuntimeError(f"the local executor's monitor thread failed: {e!r}"))
+
+    def _tick(self) -> None:
+        for item in [r for r in self._running if not r[0].is_alive()]:
+            proc, conn, spec, fut = item
+            proc.join()
+            out = _received(conn, spec, proc)  # before removing it: if this raised, _loop fails its future
+            self._running.remove(item)
+            fut.set_result(out)
+        while self._queue and len(self._running) < self.workers:
+            spec, fut = self._queue.pop(0)
+            if not fut.set_running_or_notify_cancel():
+                continue
+            try:
+                # A run another live worker holds would only answer "elsewhere" after seconds of start-up:
+                # answer it here (the worker's own claim stays the one that counts).
+                held = RunLock(spec.run_dir).held_by_other()
+                if held is not None:
+                    fut.set_result(
+                        Outcome(RunDir(Path(spec.run_dir)).id, ELSEWHERE, error=f"running elsewhere ({held})")
+                    )
+                    continue
+                recv, send = self._ctx.Pipe(duplex=False)
+                proc = self._ctx.Process(target=_worker_main, args=(spec, send), daemon=False)
+                proc.start()
+                send.close()  # the child has its copy; ours must go so that recv sees EOF if it dies
+            except Exception as e:  # cannot fork (out of memory, process limit), unreadable lock: this run fails
+                fut.set_result(Outcome(RunDir(Path(spec.run_dir)).id, "failed", error=f"worker not started: {e}"))
+                continue
+            self._running.append((proc, recv, spec, fut))
 
     def shutdown(self, cancel: bool = False) -> None:
         with self._lock:
@@ -89,9 +134,9 @@ class LocalExecutor:
                 for _, fut in self._queue:
                     fut.cancel()
                 self._queue.clear()
-                for proc, _, _ in self._running.values():
+                for proc, *_ in self._running:
                     proc.terminate()
-        while True:
+        while self._thread.is_alive():  # a dead monitor has already failed every future
             with self._lock:
                 if not self._queue and not self._running:
                     break
@@ -100,14 +145,43 @@ class LocalExecutor:
         self._thread.join()
 
 
-def _outcome(spec: RunSpec, exitcode: int | None) -> Outcome:
-    """Read the outcome a worker left in its run directory. A worker that exited without recording an end
-    died (killed, crashed the interpreter): the executor writes its failure, the one write it makes."""
+def _received(conn: Connection, spec: RunSpec, proc: mp.process.BaseProcess) -> Outcome:
+    """The outcome the worker sent, or, for a worker that died first, the one :func:`_outcome` reads."""
+    try:
+        if conn.poll():
+            out = conn.recv()
+            if isinstance(out, Outcome):
+                return out
+    except Exception:  # nothing, or half a message: the worker died while sending
+        pass
+    finally:
+        conn.close()
+    try:
+        return _outcome(spec, proc.exitcode, proc.pid)
+    except Exception as e:  # a run directory we cannot even read must not stop the monitor
+        return Outcome(RunDir(Path(spec.run_dir)).id, "failed", error=f"worker process died; {e!r}")
+
+
+def _outcome(spec: RunSpec, exitcode: int | None, pid: int | None = None) -> Outcome:
+    """Read the outcome a worker that died left in its run directory. One that died without recording an
+    end (killed, crashed the interpreter) could not write its failure: the executor writes it, unless
+    another live worker holds the run's lock (then the run is theirs, and it is running elsewhere)."""
     rd = RunDir(Path(spec.run_dir))
     st = rd.read_status()
     state = st.get("state", "pending")
     if state in ENDED_STATES:
         return Outcome(rd.id, state, st.get("step", 0), st.get("final_val_loss"), st.get("error") or st.get("reason"))
+    lock = RunLock(rd)
+    holder = lock.holder()
+    if holder is not None and not (holder.host == HOST and holder.pid == pid) and not lock.is_stale(holder):
+        return Outcome(rd.id, ELSEWHERE, error=f"running elsewhere ({holder})")
     why = f"worker process died (exit code {exitcode})"
-    rd.write_status("failed", error=why, step=st.get("step", 0))
+    try:
+        rd.write_status("failed", error=why, step=st.get("step", 0))
+    except OSError as e:
+        return unrecorded(rd.id, why, e)
+    try:
+        lock.clear_stale()  # the dead worker's lock; left there, the next worker takes it over anyway
+    except OSError:
+        pass
     return Outcome(rd.id, "failed", st.get("step", 0), error=why)

@@ -81,6 +81,7 @@ __all__ = [
     "X_COORD",
     "config_target",
     "entropy_rate_of",
+    "excluded_note",
     "filter_runs",
     "final_points",
     "finished_runs",
@@ -222,6 +223,14 @@ def finished_runs(store: str | Path, where: str | None = None) -> pd.DataFrame:
     kept = filter_runs(done, where)
     if kept.empty:
         raise ConfigError(f"{where!r} keeps none of the {len(done)} finished runs", field="where")
+    # The diverged runs the same condition selects, so that final_points can say how many a fit leaves out.
+    diverged = runs[runs["status"] == "diverged"]
+    try:
+        diverged = filter_runs(diverged, where) if not diverged.empty else diverged
+    except ConfigError:  # a condition on columns only finished runs fill: count none rather than fail
+        diverged = diverged.iloc[:0]
+    kept = kept.copy()
+    kept.attrs["diverged"] = sorted(str(i) for i in diverged["id"])
     return kept
 
 
@@ -245,16 +254,39 @@ def entropy_rate_of(points: pd.DataFrame) -> float | None:
 # --- the store as points -------------------------------------------------------------------------------
 
 
-def final_points(runs: pd.DataFrame, count: str = "nonembedding") -> pd.DataFrame:
+def _flags_of(value: Any) -> list[str]:
+    """A runs-table ``flags`` cell (a comma-joined string or a list; empty or NaN: none) as a list."""
+    if isinstance(value, (list, tuple, np.ndarray)):
+        return [str(v) for v in value if str(v)]
+    if isinstance(value, str):
+        return [f.strip() for f in value.split(",") if f.strip()]
+    return []
+
+
+def final_points(runs: pd.DataFrame, count: str = "nonembedding", *, include_flagged: bool = False) -> pd.DataFrame:
     """Finished runs with positive N, tokens and final val loss, as columns id, N, D, C, loss (plus the
     configured budgets D_budget, C_budget and the source's entropy rate H, NaN when unset). N is
-    non-embedding unless ``count="total"``."""
+    non-embedding unless ``count="total"``.
+
+    Runs flagged ``undertrained`` or ``unstable`` at the end of training (the runs table's ``flags``) are
+    left out unless ``include_flagged``: their final loss says little about N and D (see
+    :func:`scalescope.train.numerics_flags`). What was left out is in ``points.attrs["excluded"]``
+    (``{"flagged": {id: flags}, "diverged": [ids]}``; diverged runs are those among ``runs`` or recorded
+    by :func:`finished_runs`); :func:`excluded_note` words it."""
     if count not in ("nonembedding", "total"):
         raise ConfigError(f"expected nonembedding or total, got {count!r}", field="count")
     cols = {"id": "id", f"params_{count}": "N", "tokens": "D", "flops": "C", "final_val_loss": "loss"}
     if runs.empty or "status" not in runs:
         return pd.DataFrame(columns=[*cols.values(), "D_budget", "C_budget", "H"])
+    diverged = set(runs.attrs.get("diverged", [])) | {str(i) for i in runs.loc[runs["status"] == "diverged", "id"]}
     done = runs[runs["status"] == "finished"]
+    flagged: dict[str, list[str]] = {}
+    if "flags" in done:
+        for rid, cell in zip(done["id"], done["flags"]):
+            if _flags_of(cell):
+                flagged[str(rid)] = _flags_of(cell)
+        if flagged and not include_flagged:
+            done = done[~done["id"].astype(str).isin(list(flagged))]
     pts = done[list(cols)].rename(columns=cols).reset_index(drop=True)
     for c in ("N", "D", "C", "loss"):
         pts[c] = pd.to_numeric(pts[c], errors="coerce").astype(float)
@@ -262,7 +294,27 @@ def final_points(runs: pd.DataFrame, count: str = "nonembedding") -> pd.DataFram
         vals = done[src].to_numpy() if src in done else [math.nan] * len(done)
         pts[dst] = pd.to_numeric(pd.Series(vals), errors="coerce").astype(float).to_numpy()
     good = np.isfinite(pts[["N", "D", "C", "loss"]].to_numpy()).all(axis=1) & (pts[["N", "D", "loss"]] > 0).all(axis=1)
-    return pts[good].reset_index(drop=True)
+    out = pts[good].reset_index(drop=True)
+    out.attrs["excluded"] = {"flagged": {} if include_flagged else flagged, "diverged": sorted(diverged)}
+    return out
+
+
+def excluded_note(points: pd.DataFrame, *, limit: int = 5) -> str | None:
+    """One line saying which runs :func:`final_points` left out and why (None: none), e.g. "excluded 3 runs
+    flagged undertrained/unstable: a, b, c (--include-flagged keeps them), and 12 diverged runs"."""
+    ex = points.attrs.get("excluded") or {}
+    flagged, diverged = ex.get("flagged") or {}, ex.get("diverged") or []
+    parts = []
+    if flagged:
+        kinds = "/".join(sorted({f for fl in flagged.values() for f in fl}))
+        ids = sorted(flagged)
+        shown = ", ".join(ids[:limit]) + (f", ... ({len(ids) - limit} more)" if len(ids) > limit else "")
+        parts.append(
+            f"{len(ids)} run{'s' if len(ids) != 1 else ''} flagged {kinds}: {shown} (--include-flagged keeps them)"
+        )
+    if diverged:
+        parts.append(f"{len(diverged)} diverged run{'s' if len(diverged) != 1 else ''}")
+    return "excluded " + ", and ".join(parts) if parts else None
 
 
 def _close(a: pd.Series, b: float, rtol: float) -> np.ndarray:
@@ -281,9 +333,11 @@ def match_mask(points: pd.DataFrame, target: dict[str, float]) -> np.ndarray:
     return mask
 
 
-def _store_points(store: str | Path, count: str, where: str | None = None) -> pd.DataFrame:
+def _store_points(
+    store: str | Path, count: str, where: str | None = None, *, include_flagged: bool = False
+) -> pd.DataFrame:
     runs = finished_runs(store, where)
-    pts = final_points(runs, count)
+    pts = final_points(runs, count, include_flagged=include_flagged)
     if pts.empty:
         raise StoreError(f"{store}: no finished runs with a final val loss ({len(runs)} runs selected)")
     return pts
@@ -520,6 +574,7 @@ def make_forecast(
     E_min: float | str | None = None,
     informative_limit: float = INFORMATIVE_LIMIT,
     target_source: dict[str, Any] | None = None,
+    include_flagged: bool = False,
 ) -> dict[str, Any]:
     """Fit ``law`` on the store's finished runs and return a forecast record for ``target`` (not written).
 
@@ -539,7 +594,7 @@ def make_forecast(
         raise ConfigError(f"must be a positive number, got {informative_limit!r}", field="informative_limit")
     if law != "chinchilla" and (fix_E is not None or shared_exponent or E_min is not None):
         raise ConfigError("fix_E, shared_exponent and E_min apply to law='chinchilla' only", field="law")
-    pts = _store_points(store, count, where)
+    pts = _store_points(store, count, where, include_flagged=include_flagged)
     H = entropy_rate_of(pts)
     constraints: dict[str, Any] = {}
     fe, em = _resolve_level(fix_E, "fix_E", pts), _resolve_level(E_min, "E_min", pts)
@@ -587,6 +642,8 @@ def make_forecast(
         content["min_tokens_per_param"] = float(min_tokens_per_param)
     if constraints:
         content["constraints"] = constraints
+    if include_flagged:
+        content["include_flagged"] = True
     interval = [float(lo[0]), float(hi[0])]
     rhw = rel_half_width(pred, interval)
     summary = model.summary()
@@ -613,6 +670,7 @@ def make_forecast(
             "dropped_below_min_tokens_per_param": dropped,
             "target_source": target_source,
             "target_existed": bool(existing.any()),
+            "excluded": excluded_note(pts),  # flagged and diverged runs left out of the fit (None: none)
             "created_at": now(),
             "score": None,
         }

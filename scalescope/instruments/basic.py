@@ -5,10 +5,10 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from .registry import ProbeContext, register
+from .registry import Option, ProbeContext, register
 
 
-@register("param_norm")
+@register("param_norm", options={})
 def make_param_norm():
     """Global L2 norm of the parameters, and per top-level module."""
 
@@ -27,7 +27,7 @@ def make_param_norm():
     return probe
 
 
-@register("attention")
+@register("attention", options={"index": Option(int, ge=0)})
 def make_attention(index: int = 0):
     """Attention patterns (n_layer, B, n_head, T, T) on a fixed probe batch, stored as an artifact,
     and the mean attention entropy per layer as metrics."""

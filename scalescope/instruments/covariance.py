@@ -62,7 +62,7 @@ from ..data.base import Batch
 from ..errors import ConfigError
 from ..offline import load_run
 from .hvp import HessianOperator, LossKind, Objective, math_attention, top_eigenpairs
-from .registry import ProbeContext, register
+from .registry import Option, ProbeContext, register
 
 __all__ = [
     "covariance_factor",
@@ -234,7 +234,17 @@ def _check_options(top_k: Any, tol: Any, seed: Any, index: Any, float64: Any) ->
         raise bad("float64", f"expected true or false, got {float64!r}")
 
 
-@register("covariance")
+@register(
+    "covariance",
+    options={
+        "top_k": Option(int, ge=1),
+        "tol": Option(float, ge=0, lt=1),
+        "seed": Option(int),
+        "index": Option(int, ge=0),
+        "float64": Option(bool),
+        "nqm": Option(bool),
+    },
+)
 def make_covariance(
     top_k: int = 5, tol: float = 1e-4, seed: int = 0, index: int = 0, float64: bool = False, nqm: bool = True
 ):

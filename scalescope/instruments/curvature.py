@@ -53,7 +53,7 @@ from .hvp import (
     math_attention,
     top_eigenpairs,
 )
-from .registry import ProbeContext, register
+from .registry import Option, ProbeContext, register
 
 
 def eos_thresholds(lr: float, *, beta1: float = 0.9, momentum: float = 0.0) -> dict[str, float]:
@@ -275,7 +275,23 @@ def _check_options(
         raise bad("tol", f"expected a number in [0, 1), got {tol!r}")
 
 
-@register("curvature")
+@register(
+    "curvature",
+    options={
+        "top_k": Option(int, ge=1),
+        "trace_matvecs": Option(int, ge=6),  # and a multiple of 3: the factory checks that
+        "density": Option(bool),
+        "slq_steps": Option(int, ge=2),
+        "slq_repeats": Option(int, ge=1),
+        "density_points": Option(int, ge=8),
+        "ggn": Option(bool),
+        "preconditioned": Option(bool),
+        "tol": Option(float, ge=0, lt=1),
+        "seed": Option(int),
+        "index": Option(int, ge=0),
+        "float64": Option(bool),
+    },
+)
 def make_curvature(
     top_k: int = 3,
     trace_matvecs: int = 30,

@@ -30,7 +30,7 @@ import torch
 
 from ..errors import ConfigError
 from ..offline import check_batch_options, load_run
-from .registry import ProbeContext, register, requires_data_kind
+from .registry import Option, ProbeContext, register, requires_data_kind
 
 __all__ = ["fewshot_metrics", "probe_run"]
 
@@ -122,7 +122,7 @@ def _check_n_batches(n_batches: Any, field: str) -> None:
         raise ConfigError(f"expected a positive integer, got {n_batches!r}", field=field)
 
 
-@register("fewshot")
+@register("fewshot", options={"n_batches": Option(int, ge=1)})
 def make(n_batches: int = 2) -> Any:
     """ICL and IWL accuracy and log-probability beside exact references (option: ``n_batches`` probe batches
     of each distribution; the common ``batch_size`` sets sequences per batch)."""

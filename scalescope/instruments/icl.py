@@ -26,7 +26,7 @@ import torch.nn.functional as F
 
 from ..errors import ConfigError
 from ..offline import check_batch_options, load_run
-from .registry import ProbeContext, check_token_input, register
+from .registry import Option, ProbeContext, check_token_input, register
 
 __all__ = ["icl_curves", "icl_summary", "probe_run", "resolve_positions"]
 
@@ -113,7 +113,16 @@ def _check_int(v: Any, name: str, lo: int | None) -> None:
         raise ConfigError(f"expected {need}, got {v!r}", field=f"instruments.icl.{name}")
 
 
-@register("icl")
+@register(
+    "icl",
+    options={
+        # Input positions; negative counts from the end of the context (checked against seq_len per run).
+        "early": Option(int, optional=True),
+        "late": Option(int, optional=True),
+        "n_batches": Option(int, ge=1),
+        "fresh": Option(bool),
+    },
+)
 def make_icl(early: int | None = None, late: int | None = None, n_batches: int = 4, fresh: bool = False):
     """In-context learning score and loss against position (see the module doc).
 

@@ -29,7 +29,7 @@ import torch
 from ..data.regression import BASELINES
 from ..errors import ConfigError
 from ..offline import check_batch_options, load_run
-from .registry import ProbeContext, register, requires_data_kind
+from .registry import Option, ProbeContext, register, requires_data_kind
 
 __all__ = ["error_by_k", "probe_run"]
 
@@ -102,7 +102,13 @@ def _measure(model: torch.nn.Module, source: Any, **kw: Any) -> dict[str, Any]:
     return out
 
 
-@register("icl_regression")
+@register(
+    "icl_regression",
+    options={
+        "n_batches": Option(int, ge=1),
+        "baselines": Option(list, item=str, choices=tuple(BASELINES), optional=True),
+    },
+)
 def make(n_batches: int = 2, baselines: list[str] | None = None) -> Any:
     """Error against k for the model and the baselines (options: ``n_batches`` probe batches, ``baselines``
     a subset of least_squares, ridge, pool_posterior, nearest_3, averaging)."""

@@ -38,7 +38,7 @@ import torch.nn.functional as F
 
 from ..errors import ConfigError
 from ..offline import load_run
-from .registry import ProbeContext, check_token_input, register
+from .registry import Option, ProbeContext, check_token_input, register
 
 __all__ = [
     "RepeatedProbe",
@@ -203,7 +203,10 @@ def _vocab(source: Any) -> int:
     return v
 
 
-@register("induction")
+@register(
+    "induction",
+    options={"n_sequences": Option(int, ge=1), "seed": Option(int, ge=0), "per_head": Option(bool)},
+)
 def make_induction(n_sequences: int = 64, seed: int = 0, per_head: bool = True):
     """Induction-head scores on ``n_sequences`` repeated random sequences (see the module doc).
 

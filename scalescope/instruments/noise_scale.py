@@ -48,7 +48,7 @@ from ..data.base import Batch
 from ..errors import ConfigError
 from ..offline import load_run
 from .hvp import math_attention
-from .registry import ProbeContext, register
+from .registry import Option, ProbeContext, register
 
 __all__ = [
     "NoiseScaleEMA",
@@ -333,7 +333,17 @@ def _batches(
     return batch, hb
 
 
-@register("noise_scale")
+@register(
+    "noise_scale",
+    options={
+        "n_micro": Option(int, ge=2),
+        "micro_batch_size": Option(int, ge=1, optional=True),
+        "ema": Option(float, ge=0, lt=1),
+        "hessian_every": Option(int, ge=0),
+        "hessian_batch_size": Option(int, ge=1, optional=True),
+        "fresh": Option(bool),
+    },
+)
 def make_noise_scale(
     n_micro: int = 4,
     micro_batch_size: int | None = None,

@@ -23,7 +23,9 @@ from __future__ import annotations
 
 import difflib
 import importlib
-from collections.abc import Callable
+import inspect
+import math
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -39,12 +41,14 @@ if TYPE_CHECKING:
 __all__ = [
     "COMMON_OPTIONS",
     "Instrument",
+    "Option",
     "Probe",
     "ProbeContext",
     "Result",
     "available",
     "build",
     "check",
+    "check_options",
     "check_token_input",
     "register",
     "requires_data_kind",
@@ -54,10 +58,84 @@ __all__ = [
 Result = dict[str, "float | np.ndarray"]
 Probe = Callable[["ProbeContext"], Result]
 
-_REGISTRY: dict[str, Callable[..., Probe]] = {}
+
+@dataclass(frozen=True)
+class Option:
+    """One option of an instrument: its type and allowed values, checked when an experiment loads (before any
+    run starts), so that ``batch_size = -3`` is a one-line :class:`ConfigError` and not a failure mid-run.
+
+    ``kind``: ``int``, ``float`` (an integer is accepted), ``bool``, ``str`` or ``list``; bounds ``ge``/``gt``/
+    ``le``/``lt`` (numbers, or each item of a list); ``choices``: the allowed values (of a string, or of each
+    item of a list); ``item``: the type of a list's items; ``optional``: None is allowed (TOML cannot write
+    None: it is the default of an option left out, or a Python caller's value).
+    """
+
+    kind: type
+    ge: float | None = None
+    gt: float | None = None
+    le: float | None = None
+    lt: float | None = None
+    choices: tuple[Any, ...] | None = None
+    item: type | None = None
+    optional: bool = False
+
+    def describe(self) -> str:
+        """What is expected, for the error message: ``an integer >= 1``, ``a number in [0, 1)``."""
+        tp = self.item if self.kind is list else self.kind
+        if self.choices is not None:
+            what = "one of " + ", ".join(repr(c) for c in self.choices)
+        else:
+            what = {int: "an integer", float: "a number", bool: "true or false", str: "a string"}.get(
+                tp or object, "a value"
+            )
+            lo = ("[", self.ge) if self.ge is not None else ("(", self.gt) if self.gt is not None else None
+            hi = ("]", self.le) if self.le is not None else (")", self.lt) if self.lt is not None else None
+            if lo and hi:
+                what += f" in {lo[0]}{lo[1]:g}, {hi[1]:g}{hi[0]}"
+            elif lo:
+                what += f" {'>=' if lo[0] == '[' else '>'} {lo[1]:g}"
+            elif hi:
+                what += f" {'<=' if hi[0] == ']' else '<'} {hi[1]:g}"
+        return f"a list, each item {what}" if self.kind is list else what
+
+    def accepts(self, value: Any) -> bool:
+        if value is None:
+            return self.optional
+        if self.kind is list:
+            return isinstance(value, list) and all(self._accepts_one(v, self.item) for v in value)
+        return self._accepts_one(value, self.kind)
+
+    def _accepts_one(self, v: Any, tp: type | None) -> bool:
+        # bool is an int in Python; TOML's true is never meant as 1. Integers must be written as integers
+        # (2.0 is refused): the factory receives the value as written, and the run id hashes it as written.
+        if tp is int and not (isinstance(v, int) and not isinstance(v, bool)):
+            return False
+        if tp is float and not (isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)):
+            return False
+        if tp is bool and not isinstance(v, bool):
+            return False
+        if tp is str and not isinstance(v, str):
+            return False
+        if self.choices is not None and v not in self.choices:
+            return False
+        if tp in (int, float):
+            return not (
+                (self.ge is not None and v < self.ge)
+                or (self.gt is not None and v <= self.gt)
+                or (self.le is not None and v > self.le)
+                or (self.lt is not None and v >= self.lt)
+            )
+        return True
+
 
 # Options every instrument accepts; the hook consumes them, the factory never sees them.
-COMMON_OPTIONS = ("every", "batch_size")
+COMMON_OPTIONS: dict[str, Option] = {
+    "every": Option(int, ge=1),  # run on every n-th evaluation
+    "batch_size": Option(int, ge=1, optional=True),  # sequences per probe batch (default: the training's)
+}
+
+_REGISTRY: dict[str, Callable[..., Probe]] = {}
+_OPTIONS: dict[str, dict[str, Option]] = {}
 
 
 @dataclass
@@ -100,14 +178,62 @@ class ProbeContext:
         return self.source.batch("train", index, bs, self.seq_len).to(self.device)
 
 
-def register(name: str) -> Callable[[Callable[..., Probe]], Callable[..., Probe]]:
-    """Decorator: ``@register("name")`` on a factory ``make(**options) -> probe``."""
+def register(
+    name: str, options: Mapping[str, Option] | None = None
+) -> Callable[[Callable[..., Probe]], Callable[..., Probe]]:
+    """Decorator: ``@register("name", options={"n_batches": Option(int, ge=1)})`` on a factory
+    ``make(**options) -> probe``. ``options`` declares every parameter of the factory (checked here, at import,
+    so a declaration cannot drift from the signature); :func:`check_options` validates a config against it."""
+    declared = dict(options or {})
 
     def deco(factory: Callable[..., Probe]) -> Callable[..., Probe]:
+        params = list(inspect.signature(factory).parameters)
+        if sorted(params) != sorted(declared):
+            raise TypeError(
+                f"instrument {name!r}: options declared {sorted(declared)} do not match the factory's "
+                f"parameters {sorted(params)}"
+            )
+        clash = set(declared) & set(COMMON_OPTIONS)
+        if clash:
+            raise TypeError(f"instrument {name!r}: {sorted(clash)} are common options, consumed by the hook")
         _REGISTRY[name] = factory
+        _OPTIONS[name] = declared
         return factory
 
     return deco
+
+
+def _signature_options(factory: Callable[..., Probe]) -> dict[str, Option] | None:
+    """A user's factory declares no types: any value for each of its parameters (None: it takes ``**kwargs``)."""
+    try:
+        params = inspect.signature(factory).parameters.values()
+    except (TypeError, ValueError):  # a callable without an introspectable signature: nothing to check
+        return None
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params):
+        return None
+    return {
+        p.name: Option(object, optional=True)
+        for p in params
+        if p.kind in (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
+    }
+
+
+def check_options(name: str, opts: Mapping[str, Any]) -> None:
+    """Validate an instrument's options (the common ones and its own) against their declarations; raise a
+    :class:`ConfigError` naming ``instruments.<name>.<option>``. A user's ``package.module:factory`` is
+    checked against its signature (names only: it declares no types)."""
+    factory = resolve(name)
+    own = _OPTIONS[name] if name in _REGISTRY else _signature_options(factory)
+    for key, value in opts.items():
+        field = f"instruments.{name}.{key}"
+        spec = COMMON_OPTIONS.get(key) or (own.get(key) if own is not None else Option(object, optional=True))
+        if spec is None:
+            valid = sorted([*COMMON_OPTIONS, *(own or {})])
+            near = difflib.get_close_matches(key, valid, n=1)
+            hint = f"; did you mean '{near[0]}'?" if near else f"; valid options: {', '.join(valid)}"
+            raise ConfigError(f"unknown option{hint}", field=field)
+        if spec.kind is not object and not spec.accepts(value):
+            raise ConfigError(f"expected {spec.describe()}, got {value!r}", field=field)
 
 
 def available() -> list[str]:
@@ -144,11 +270,10 @@ def build(spec: dict[str, dict[str, Any]]) -> list[Instrument]:
     """Instantiate the configured instruments; bad names or options raise :class:`ConfigError`."""
     out = []
     for name, opts in spec.items():
+        check_options(name, opts)
         opts = dict(opts)
         every = opts.pop("every", 1)
         bs = opts.pop("batch_size", None)
-        if not isinstance(every, int) or every < 1:
-            raise ConfigError(f"expected a positive integer, got {every!r}", field=f"instruments.{name}.every")
         factory = resolve(name)
         try:
             probe = factory(**opts)
@@ -160,7 +285,7 @@ def build(spec: dict[str, dict[str, Any]]) -> list[Instrument]:
 
 def check(cfg: Any) -> None:
     """What the run config alone shows to be wrong with its instruments, raised as :class:`ConfigError`
-    before any run starts: an unknown name, bad options (:func:`build`), and each probe's own
+    before any run starts: an unknown name, bad options (:func:`check_options`, via :func:`build`), and each probe's own
     ``check_config(cfg)`` hook where it has one (a data source it cannot measure, positions past the
     context). Training calls :func:`build` again; the probes themselves still check what they are given."""
     for ins in build(cfg.instruments):

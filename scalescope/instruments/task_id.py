@@ -32,7 +32,7 @@ import torch.nn.functional as F
 
 from ..errors import ConfigError
 from ..offline import check_batch_options, load_run
-from .registry import ProbeContext, register, requires_data_kind
+from .registry import Option, ProbeContext, register, requires_data_kind
 
 __all__ = [
     "DEFAULT_TARGET",
@@ -160,7 +160,15 @@ def _check_options(n_batches: Any, target: Any, prefix: str = "") -> None:
         raise ConfigError(f"expected an accuracy in (0, 1], got {target!r}", field=f"{prefix}target")
 
 
-@register("task_id")
+@register(
+    "task_id",
+    options={
+        "n_batches": Option(int, ge=1),
+        "target": Option(float, gt=0, le=1),
+        # Query counts k of the summaries; their upper bound is the context, checked per run (resolve_ks).
+        "ks": Option(list, item=int, ge=0, optional=True),
+    },
+)
 def make(n_batches: int = 2, target: float = DEFAULT_TARGET, ks: list[int] | None = None) -> Any:
     """Task-identification curves (options: ``n_batches`` probe batches per set, ``target`` accuracy for
     demos_needed, ``ks`` the k's of the scalar summaries)."""

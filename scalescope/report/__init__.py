@@ -43,7 +43,7 @@ def render(store: str | Path, *, bootstrap: int = DEFAULT_BOOTSTRAP, seed: int =
     from ..store import load
 
     tables = load(store)
-    ctx = Context(Path(store), tables.runs, tables.metrics, bootstrap=bootstrap, seed=seed)
+    ctx = Context(Path(store), tables.runs, tables.metrics, bootstrap=bootstrap, seed=seed, problems=tables.problems)
     sections = build_sections(ctx)
     return page(f"scalescope report: {Path(store).resolve().name}", sections, subtitle=str(store)), sections
 

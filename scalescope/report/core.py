@@ -101,6 +101,7 @@ class Context:
     metrics: pd.DataFrame
     bootstrap: int = DEFAULT_BOOTSTRAP
     seed: int = 0
+    problems: list[str] = field(default_factory=list)  # damaged files of the store (``Tables.problems``)
     _cache: dict[str, Any] = field(default_factory=dict, repr=False)
 
     def cached(self, key: str, make: Callable[[], Any]) -> Any:
@@ -160,7 +161,7 @@ def build_sections(ctx: Context, keys: Iterable[str] | None = None) -> list[Sect
     becomes a skipped section (listed at the end of the page); one that crashes becomes a failed section,
     shown in place, and a warning on stderr, so one bad panel does not cost the whole report."""
     chosen = sorted((PANELS[k] for k in (keys or PANELS)), key=lambda p: (p.order, p.key))
-    out = []
+    out = [_problems_section(ctx.problems)] if ctx.problems and keys is None else []
     for p in chosen:
         try:
             body = p.fn(ctx)
@@ -175,6 +176,18 @@ def build_sections(ctx: Context, keys: Iterable[str] | None = None) -> list[Sect
         if body is not None:
             out.append(Section(p.key, p.title, body, short=p.short))
     return out
+
+
+def _problems_section(problems: Sequence[str]) -> Section:
+    """The store's damaged files, first on the page: whoever reads the report learns that runs are missing
+    from it (or partly read) and why; ``scalescope check --repair`` says what can be done."""
+    items = "".join(f"<li>{html.escape(p)}</li>" for p in problems)
+    body = (
+        f'<div class="failed">{len(problems)} damaged files in the store: their runs are left out of this report '
+        "or partly read (<code>scalescope check --store STORE --repair</code> repairs what it can)."
+        f"<ul>{items}</ul></div>"
+    )
+    return Section("store-problems", "Store problems", body)
 
 
 def not_shown_line(sections: Sequence[Section]) -> str:
