@@ -183,3 +183,25 @@ def test_checkpoint_records_its_owner(tiny_toml, tmp_path):
     st.run_id = st.config_hash = st.data_fingerprint = None
     save_checkpoint(rd.checkpoint_path, st)
     assert verify_checkpoint(rd.checkpoint_path, rd.id) is None
+
+
+def test_metrics_shorter_than_the_checkpoint_says_restart_the_run_with_a_warning(tiny_toml, tmp_path, capsys):
+    # The rows a checkpoint covers are gone (a file cut by hand or by a filesystem): resume cannot recompute
+    # them from the checkpoint, and truncate() to the recorded length would pad with NUL bytes. The run
+    # restarts from step 0, says so, and ends with exactly the rows of its first training.
+    rd, cfg, store = _tiny(tiny_toml, tmp_path, "short.toml")
+    before = rd.metrics_path.read_bytes()
+    rd.metrics_path.write_bytes(before[: len(before) // 3])
+    out = _resume(rd, cfg, store)
+    assert out.status == "finished"
+    assert "restarting the run from step 0" in capsys.readouterr().err
+    assert b"\0" not in rd.metrics_path.read_bytes()
+    rows = [json.loads(x) for x in rd.metrics_path.read_text().splitlines()]
+    want = [json.loads(x) for x in before.decode().splitlines()]
+    drop = ("wall_s",)  # clock-dependent; tokens_per_s rows too
+
+    def keep(r):
+        return {k: v for k, v in r.items() if k not in drop} if r["metric"] != "tokens_per_s" else None
+
+    assert [keep(r) for r in rows] == [keep(r) for r in want]
+    assert any("restarting" in w for w in rd.read_status().get("warnings", []))

@@ -18,7 +18,8 @@ def add_parser(sub: Any) -> None:
 
 
 def runs_table(runs: Any) -> str:
-    """The runs as an aligned text table: id, status, N, tokens, FLOPs, final val loss, entropy rate."""
+    """The runs as an aligned text table: id, status, N, tokens, FLOPs, final val loss, entropy rate (and
+    numerics flags when a run has one)."""
     cols = [
         ("id", "id", "{}"),
         ("status", "status", "{}"),
@@ -28,13 +29,16 @@ def runs_table(runs: Any) -> str:
         ("final_val_loss", "val loss", "{:.4f}"),
         ("entropy_rate", "entropy", "{:.4f}"),
     ]
+    # Numerics flags (undertrained / unstable: left out of fits) only when some run has one.
+    if "flags" in runs and runs["flags"].fillna("").astype(str).str.len().gt(0).any():
+        cols.append(("flags", "flags", "{}"))
     rows = [[h for _, h, _ in cols]]
     for rec in runs.to_dict(orient="records"):
         r = []
         for key, _, fmt in cols:
             v = rec.get(key)
             try:
-                r.append("-" if v is None or v != v else fmt.format(v))
+                r.append("-" if v is None or v != v or v == "" else fmt.format(v))
             except (TypeError, ValueError):
                 r.append(str(v))
         rows.append(r)
