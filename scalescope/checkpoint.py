@@ -26,6 +26,8 @@ from __future__ import annotations
 import io
 import pickle
 import random
+import textwrap
+import warnings
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
@@ -144,7 +146,9 @@ def _save(path: Path, obj: Any) -> None:
 def _load(path: Path, what: str) -> Any:
     """``torch.load(weights_only=True)`` of ``path``; any failure is a one-line StoreError naming the file."""
     try:
-        with torch.serialization.safe_globals(_NUMPY_GLOBALS):
+        # torch warns about weights_only on some refusals; our StoreError below says it in one line.
+        with torch.serialization.safe_globals(_NUMPY_GLOBALS), warnings.catch_warnings():
+            warnings.simplefilter("ignore")
             return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
         # The restricted unpickler met something other than tensors and plain containers: a file that
@@ -153,13 +157,14 @@ def _load(path: Path, what: str) -> Any:
         why = next((ln.strip() for ln in first if "GLOBAL" in ln or "but got" in ln), first[0] if first else "")
         raise StoreError(
             f"{path}: refusing to load this {what}: it is not tensors and plain data only, and unpickling it could "
-            f"run code ({why[:160]}); if scalescope did not write it, delete it (the run then restarts from step 0)"
+            f"run code ({textwrap.shorten(why, 160)}); if scalescope did not write it, delete it (the run then "
+            "restarts from step 0)"
         ) from None
     except FileNotFoundError:
         raise StoreError(f"{path}: no such {what}") from None
     except Exception as e:  # noqa: BLE001 - a zero-byte, truncated or foreign file: one line naming it
         size = path.stat().st_size if path.exists() else 0
-        msg = str(e).strip().splitlines()[0][:160] if str(e).strip() else type(e).__name__
+        msg = textwrap.shorten(str(e).strip().splitlines()[0], 160) if str(e).strip() else type(e).__name__
         raise StoreError(
             f"{path}: unreadable {what} ({size} bytes; {type(e).__name__}: {msg}); "
             "delete it to restart the run from step 0"

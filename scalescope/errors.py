@@ -5,6 +5,7 @@
     ScalescopeError                 the base: str(err) is one line, fit to print after "error:"
     ├── ConfigError (ValueError)    a bad experiment file, config value or option; names the file and field
     ├── StoreError (ValueError)     a store or run directory that cannot be used; names it
+    │   └── LockLost                a worker's claim on its run was taken over: it stops without writing
     └── FitError (ValueError)       input a law cannot be fitted to (too few points, logs of non-positives)
         └── NotFittedError (AttributeError)   a prediction asked of a law before ``fit``
 
@@ -17,7 +18,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-__all__ = ["ConfigError", "FitError", "NotFittedError", "ScalescopeError", "StoreError"]
+__all__ = ["ConfigError", "FitError", "LockLost", "NotFittedError", "ScalescopeError", "StoreError"]
 
 
 class ScalescopeError(Exception):
@@ -37,6 +38,11 @@ class ConfigError(ScalescopeError, ValueError):
 
 class StoreError(ScalescopeError, ValueError):
     """The store directory (or a run directory in it) cannot be used; the message names it."""
+
+
+class LockLost(StoreError):
+    """This worker's lock on its run was taken over by another worker (it stalled past the stale timeout):
+    it must stop without writing anything more into the run directory, which is no longer its own."""
 
 
 class FitError(ScalescopeError, ValueError):

@@ -98,7 +98,8 @@ class Progress:
         while len(self.history) > 2 and now - self.history[1][0] > 60:
             self.history.pop(0)
         t_old, tok_old = self.history[0]
-        rate = (tokens - tok_old) / max(1e-9, now - t_old)
+        # Never negative: a run that restarts from step 0 (a refused checkpoint) gives its tokens back.
+        rate = max(0.0, (tokens - tok_old) / max(1e-9, now - t_old))
         remaining = sum(p.tokens_total for p in self.planned) - tokens
         eta = remaining / rate if rate > 0 else float("nan")
         eta_s = "--" if eta != eta else f"{int(eta // 60)}m{int(eta % 60):02d}s"
@@ -182,6 +183,11 @@ def run_experiment(
                 out = _result(rid, fut)
                 if out.status != ELSEWHERE:
                     finish(out)
+                    if out.unwritable:  # every other run would fail the same way: stop now (and exit 2)
+                        raise StoreError(
+                            f"{store.path}: the store cannot be written, so the sweep stopped (run {rid}: "
+                            f"{out.error}); free space or fix permissions, then run the same command to resume"
+                        )
                     continue
                 if rid not in told:  # once: a run taken over and lost again is still the same news
                     told.add(rid)

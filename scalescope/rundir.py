@@ -15,7 +15,8 @@ Layout::
 Who writes what, and when (every write is a method of :class:`RunDir`, or goes to a path it hands out):
 
 1. The driver (``Store.add``, before dispatch) creates the directory with ``config.json`` and a
-   ``pending`` status (:meth:`RunDir.create`), once; it never writes there again.
+   ``pending`` status (:meth:`RunDir.create`), once; it writes there again only to replace a
+   ``config.json`` that can no longer be read (:meth:`RunDir.rewrite_config`: the run id is its hash).
 2. The worker (``executors.base.execute`` around ``train.train``) claims the run by creating ``lock``
    atomically (:class:`scalescope.runlock.RunLock`: one worker per run, however many drivers share the
    store) and then owns the directory while it runs: ``meta.json``, ``status``,
@@ -36,6 +37,7 @@ records its length, and resume truncates anything written after it, but never ex
 
 from __future__ import annotations
 
+import errno
 import io
 import json
 import math
@@ -70,6 +72,26 @@ os.umask(_UMASK)
 FILE_MODE = 0o666 & ~_UMASK
 
 
+# A write that fails with one of these means the store itself cannot be written (disk or quota full,
+# read-only, permission lost): every other run would fail the same way, so the sweep stops (lab.py).
+UNWRITABLE_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM})
+
+
+def is_unwritable(err: BaseException) -> bool:
+    """Whether ``err`` (or what caused it) says the store cannot be written (:data:`UNWRITABLE_ERRNOS`)."""
+    seen: BaseException | None = err
+    while seen is not None:
+        if isinstance(seen, OSError) and seen.errno in UNWRITABLE_ERRNOS:
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
+
+
+def _naming(err: OSError, path: Path) -> OSError:
+    """``err`` with the file it was writing, when the OS did not say (a failed write() names none)."""
+    return err if err.filename else OSError(err.errno, err.strerror, str(path))
+
+
 def atomic_write_bytes(path: Path, data: bytes) -> None:
     maybe_fail(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -82,8 +104,10 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
             os.fsync(f.fileno())
         maybe_die()
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as e:
         Path(tmp).unlink(missing_ok=True)
+        if isinstance(e, OSError) and not e.filename:
+            raise _naming(e, path) from e
         raise
 
 
@@ -280,6 +304,10 @@ class RunDir:
             self.write_status("pending", experiment=experiment)
         return True
 
+    def rewrite_config(self, config: dict[str, Any]) -> None:
+        """Replace a damaged ``config.json`` with the config whose hash is this run's id (``Store.add``)."""
+        atomic_write_json(self.config_path, config)
+
     def read_config(self) -> dict[str, Any]:
         """The stored config as written (a dict; ``config.from_dict`` makes it a RunConfig). Raises
         :class:`StoreError` naming the file when it is missing or unreadable."""
@@ -323,6 +351,14 @@ class RunDir:
         text = "".join(
             json.dumps({**r, "value": _finite_or_none(r["value"])}, separators=(",", ":")) + "\n" for r in rows
         )
+        try:
+            self._append(text)
+        except OSError as e:
+            if e.filename:
+                raise
+            raise _naming(e, self.metrics_path) from e
+
+    def _append(self, text: str) -> None:
         maybe_fail(self.metrics_path)
         with open(self.metrics_path, "a") as f:
             if os.environ.get(ENV):  # fault injection only: half the rows reach the disk, then the process dies

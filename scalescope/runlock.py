@@ -29,7 +29,7 @@ import uuid
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from .errors import StoreError
+from .errors import LockLost, StoreError
 from .faults import maybe_fail
 from .rundir import RunDir
 
@@ -196,6 +196,20 @@ class RunLock:
             if not self.clear_stale():
                 return False
         return False
+
+    def confirm(self) -> None:
+        """Raise :class:`~scalescope.errors.LockLost` unless the lock file still holds our token. A worker
+        calls it before each group of writes (an evaluation's rows, a checkpoint, a status): one that was
+        stopped (SIGSTOP, a suspended VM, a stalled disk) for longer than ``stale_s`` and whose run was taken
+        over then stops instead of writing beside the new owner. (A write that starts within microseconds of
+        a takeover can still land: without fencing tokens on the filesystem no lock can exclude that.)"""
+        got = self._read()
+        if self.token is None or got is None or got[1] is None or got[1].token != self.token:
+            self.lost = True
+            raise LockLost(
+                f"{self.path}: this worker's claim on the run was taken over by {self.holder() or 'nobody'} "
+                f"(it stalled for more than {self.stale_s:g} s); it stopped without writing more"
+            )
 
     def release(self) -> None:
         """Stop the heartbeat and remove the lock if it is still ours."""

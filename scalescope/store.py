@@ -26,6 +26,7 @@ be mended.
 from __future__ import annotations
 
 import json
+import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -82,9 +83,15 @@ class Store:
         return RunDir(self.runs_dir / run_id)
 
     def add(self, cfg: C.RunConfig, experiment: str | None = None) -> RunDir:
-        """Create the run directory with its config (once); an existing run is left as it is."""
+        """Create the run directory with its config (once); an existing run is left as it is, except a
+        ``config.json`` that can no longer be read: the config in hand is exactly its content (the run id
+        is its hash), so it is written again rather than losing the run."""
         rd = self.run_dir(C.run_id(cfg))
-        rd.create(C.to_dict(cfg), experiment=experiment)
+        if not rd.create(C.to_dict(cfg), experiment=experiment):
+            _, why = read_json_object(rd.config_path)
+            if why is not None:
+                rd.rewrite_config(C.to_dict(cfg))
+                print(f"warning: {rd.config_path}: {why}; rewritten from the experiment", file=sys.stderr)
         return rd
 
     def run_ids(self) -> list[str]:
@@ -269,15 +276,30 @@ def load(store: str | Path) -> Tables:
     else:
         final_wide = pd.DataFrame()
 
+    # The last evaluated step of each run: a "finished" status must agree with it (a status is one small
+    # file anyone can edit; the metrics are what the run did).
+    last_eval: dict[str, int] = {}
+    if len(metrics):
+        ev = metrics[metrics["metric"] == "val_loss"]
+        last_eval = {str(k): int(v) for k, v in ev.groupby("id")["step"].max().items()}
     rows = []
     defaults = C.to_dict(C.RunConfig())  # today's default of every config field (see _with_defaults)
     for rid, (cfg, status, meta) in read.items():
         tps = meta.get("tokens_per_step")
         step = status.get("step", 0)
         flags = status.get("flags")
+        state = status.get("state", "pending")
+        total = meta.get("total_steps")
+        if state == "finished" and total is not None and not (step == total == last_eval.get(rid)):
+            problems.append(
+                f"runs/{rid}/status: says finished at step {step}, but the metrics end at step "
+                f"{last_eval.get(rid)} of {total}; listed as 'unverified' and left out of fits "
+                "(scalescope check --repair, then run the experiment again, resumes it)"
+            )
+            state = "unverified"
         row = {
             "id": rid,
-            "status": status.get("state", "pending"),
+            "status": state,
             "experiment": status.get("experiment"),
             "flags": ",".join(map(str, flags)) if isinstance(flags, list) else "",
             "params_total": meta.get("params_total"),

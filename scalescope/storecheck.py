@@ -146,7 +146,13 @@ def check_run(rd: RunDir, *, repair: bool = False) -> list[Finding]:
         find(rd.lock_path, f"in use by a live worker ({holder}): not checked", note=True)
         return out
     if stale is not None:
-        find(rd.lock_path, stale, note=True)
+
+        def clear() -> str:
+            from .runlock import RunLock
+
+            return "removed" if RunLock(rd).clear_stale() else "left: it came alive again"
+
+        find(rd.lock_path, stale, clear, note=True)
 
     # --- config: the run's identity -----------------------------------------------------------------
     cfg, why = read_json_object(rd.config_path)

@@ -39,10 +39,10 @@ from .checkpoint import (
 from .data import build_source
 from .data.base import Batch, Source, fingerprint_of
 from .device import pick_device
-from .errors import StoreError
+from .errors import LockLost, ScalescopeError, StoreError
 from .model import GPT, flops_per_token
 from .optim import make_optimizer
-from .rundir import DONE_STATES, RunDir
+from .rundir import DONE_STATES, RunDir, is_unwritable
 from .runmeta import run_meta
 from .schedule import budget_steps, is_eval_step, lr_at
 
@@ -58,6 +58,7 @@ class Outcome:
     error: str | None = None
     skipped: bool = False  # True when the run was already done and nothing was computed
     flags: list[str] = field(default_factory=list)  # numerics flags of a finished run (numerics_flags)
+    unwritable: bool = False  # it failed because the store cannot be written: the sweep stops (lab.py)
 
 
 # Numerics flags (issue 12 item 6), as fractions of the run's learnable gap: initial val loss minus the
@@ -180,6 +181,19 @@ def evaluate(model: GPT, source: Source, cfg: C.RunConfig, device: torch.device)
     return total / cfg.train.eval_batches
 
 
+META_MISSING = "meta.json is missing or unreadable"
+
+
+def _rewrite_meta(cfg: C.RunConfig, rd: RunDir, cache_dir: Path) -> None:
+    """Write the ``meta.json`` of a run that ended without one (deleted, or damaged and moved aside): the
+    sizes and budget are pure functions of the config; versions and hardware are this machine's."""
+    source = build_source(cfg.data, seed=cfg.seed)
+    source.prepare(cache_dir)
+    torch.manual_seed(cfg.seed)
+    model = GPT(cfg.model, source.vocab_size)
+    rd.write_meta(run_meta(cfg, model, source, budget_steps(cfg, model.flops_per_token()), torch.device("cpu")))
+
+
 def done_outcome(cfg: C.RunConfig, rd: RunDir) -> tuple[Outcome | None, str | None]:
     """(the skipped Outcome of a run that is done, None), or (None, why a ``finished`` status cannot be
     trusted), or (None, None) for a run still to train. The one test of "done" that the driver (planning),
@@ -190,6 +204,8 @@ def done_outcome(cfg: C.RunConfig, rd: RunDir) -> tuple[Outcome | None, str | No
     problem = finished_problem(cfg, rd) if st.get("state") == "finished" else None
     if problem is not None:
         return None, problem
+    if not rd.read_meta():  # without meta.json the run drops out of every table and fit: rewrite it
+        return None, META_MISSING
     flags = [str(f) for f in st["flags"]] if isinstance(st.get("flags"), list) else []
     return Outcome(rd.id, st["state"], st.get("step", 0), st.get("final_val_loss"), skipped=True, flags=flags), None
 
@@ -200,30 +216,63 @@ def train(
     *,
     cache_dir: str | Path | None = None,
     threads: int | None = None,
+    guard: Callable[[], None] | None = None,
 ) -> Outcome:
     """Train (or resume, or skip) the run described by ``cfg`` in ``run_dir``. Never raises for a run
-    that fails: the failure is recorded in the run's status and returned."""
+    that fails: the failure is recorded in the run's status and returned. ``guard`` (the worker's
+    ``RunLock.confirm``) is called before each group of writes and raises
+    :class:`~scalescope.errors.LockLost` when the run is no longer this worker's: then nothing more is
+    written, not even a failed status (the directory has another owner)."""
     rd = RunDir(Path(run_dir))
     rid = rd.id
     warnings: list[str] = []
     done, problem = done_outcome(cfg, rd)
     if done is not None:
         return done
-    if problem is not None:
-        _warn(rd, warnings, f"status says finished but {problem}: resuming the run")
+    cache = Path(cache_dir) if cache_dir else rd.local_cache_dir
     try:
-        return _train(cfg, rd, Path(cache_dir) if cache_dir else rd.local_cache_dir, threads, warnings)
+        if problem == META_MISSING:  # a run that ended: only its meta.json is to be written again
+            if guard is not None:
+                guard()
+            try:
+                _rewrite_meta(cfg, rd, cache)
+                print(f"warning: run {rid}: {problem}; rewritten", file=sys.stderr, flush=True)
+            except (OSError, ScalescopeError) as e:  # the run itself ended well: keep its status as it is
+                print(f"warning: run {rid}: {problem} and cannot be rewritten ({e})", file=sys.stderr, flush=True)
+                st = rd.read_status()
+                return Outcome(rid, st["state"], st.get("step", 0), st.get("final_val_loss"), skipped=True)
+            done, problem = done_outcome(cfg, rd)
+            if done is not None:
+                return done
+        if problem is not None:
+            _warn(rd, warnings, f"status says finished but {problem}: resuming the run")
+        return _train(cfg, rd, cache, threads, warnings, guard)
     except KeyboardInterrupt:
         raise
+    except LockLost as e:  # the run has another owner now: write nothing more
+        return Outcome(rid, "failed", error=str(e))
     except Exception as e:  # one run's crash must not take the sweep down: record it and move on
         # Our own errors are one line that names the file; anything else keeps its type for the log.
         msg = str(e) if isinstance(e, StoreError) else f"{type(e).__name__}: {e}"
+        # A store that cannot be written (disk full, read-only) fails this write too: the OSError then
+        # reaches the worker (executors.base.execute), which reports it on the terminal instead.
         rd.write_error_log(traceback.format_exc())
         rd.write_status("failed", error=msg, **({"warnings": warnings} if warnings else {}))
-        return Outcome(rid, "failed", error=msg)
+        return Outcome(rid, "failed", error=msg, unwritable=is_unwritable(e))
 
 
-def _train(cfg: C.RunConfig, rd: RunDir, cache_dir: Path, threads: int | None, warnings: list[str]) -> Outcome:
+def _train(
+    cfg: C.RunConfig,
+    rd: RunDir,
+    cache_dir: Path,
+    threads: int | None,
+    warnings: list[str],
+    guard: Callable[[], None] | None = None,
+) -> Outcome:
+    def own() -> None:  # still this worker's run? (raises LockLost otherwise; see train)
+        if guard is not None:
+            guard()
+
     if threads:
         torch.set_num_threads(threads)
     device = pick_device(cfg.train.device)
@@ -348,6 +397,7 @@ def _train(cfg: C.RunConfig, rd: RunDir, cache_dir: Path, threads: int | None, w
             if train_time_since > 0:
                 rows.append(row("tokens_per_s", tokens_since / train_time_since))
             rows += _run_instruments(probes, n_evals, model, opt, source, cfg, device, step, total, rd, row)
+            own()
             rd.append_metrics(rows)
             loss_sum, loss_n, train_time_since, tokens_since = 0.0, 0, 0.0, 0
             last_eval, n_evals = step, n_evals + 1
@@ -375,6 +425,7 @@ def _train(cfg: C.RunConfig, rd: RunDir, cache_dir: Path, threads: int | None, w
         ):
             step += 1
             wall += time.perf_counter() - t_wall
+            own()
             rd.append_metrics([row("train_loss", step_loss), row("grad_norm", gnorm_last)])
             why = f"train loss {step_loss:.4g}, grad norm {gnorm_last:.4g}"
             return _diverged(rd, step, tokens_per_step, why, extra)
@@ -389,14 +440,18 @@ def _train(cfg: C.RunConfig, rd: RunDir, cache_dir: Path, threads: int | None, w
         if step % tc.checkpoint_every == 0 and not is_eval_step(step, tc.eval_every, total):
             wall += time.perf_counter() - t_wall
             t_wall = time.perf_counter()
+            own()
             checkpoint()
             rd.write_status("running", step=step, tokens=step * tokens_per_step, total_steps=total, **extra)
 
     # Numerics flags from every evaluation of the run (before a resume too: they are in metrics.jsonl).
     vals = {r["step"]: r["value"] for r in rd.read_metrics() if r.get("metric") == "val_loss"}
+    if val is None and vals:  # resumed from a checkpoint at the last step: no evaluation ran in this process
+        val = vals[max(vals)]
     flags, flag_reason = numerics_flags([vals[k] for k in sorted(vals)], source.entropy_rate)
     if flags:
         extra = {**extra, "flags": flags, "flag_reason": flag_reason}
+    own()
     rd.write_status(
         "finished",
         step=step,

@@ -168,6 +168,10 @@ def test_a_stale_lock_is_a_note(store: Path) -> None:
     result = check_store(store)
     assert result.healthy and len(result.findings) == 1 and result.findings[0].note
     assert "stale lock" in result.findings[0].problem and "3600 s ago" in result.findings[0].problem
+    assert a.lock_path.exists()  # a check alone changes nothing
+    repaired = check_store(store, repair=True)
+    assert repaired.findings[0].repaired == "removed" and not a.lock_path.exists()
+    assert check_store(store).findings == []
 
 
 def test_exit_codes_and_json(store: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

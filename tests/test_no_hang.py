@@ -75,10 +75,14 @@ def test_two_drivers_on_one_store_train_every_run_once(tiny_toml, tmp_path):
 
 
 def test_disk_full_mid_run_ends_the_sweep_with_a_clear_line(tiny_toml, tmp_path):
-    exp_file = tiny_toml(tokens=8 * 16 * 60, eval_every=20, checkpoint_every=10)
-    # The driver writes 2 files (config, status); the worker then gets a few writes (lock, meta, statuses,
-    # metrics) and the disk is full during training, so its failure cannot be written down either.
-    env = {**ENV, "SCALESCOPE_FAULT": "enospc_after:10"}
+    # Four runs, one worker: the first run's disk fills mid-training. The sweep must stop there (every other
+    # run would fail the same way) with one line naming the store, exit 2, and the other runs left pending.
+    exp_file = tiny_toml(
+        '[sweep]\n"train.lr" = [0.01, 0.02, 0.03, 0.04]\n', tokens=8 * 16 * 60, eval_every=20, checkpoint_every=10
+    )
+    # The driver writes 8 files (config, status per run); the worker then gets a few writes (lock, meta,
+    # statuses, metrics) and the disk is full during training, so its failure cannot be written down either.
+    env = {**ENV, "SCALESCOPE_FAULT": "enospc_after:12"}
     t0 = time.time()
     done = subprocess.run(
         cli_cmd("run", str(exp_file), "--store", str(tmp_path / "s"), "--workers", "1", "--quiet"),
@@ -88,12 +92,12 @@ def test_disk_full_mid_run_ends_the_sweep_with_a_clear_line(tiny_toml, tmp_path)
         text=True,
         timeout=SWEEP_TIMEOUT_S,
     )
-    assert done.returncode == 1, done.stderr
-    (rid,) = Store(tmp_path / "s").run_ids()
-    assert f"run {rid}: status could not be written" in done.stderr
+    assert done.returncode == 2, done.stderr
     assert "No space left on device" in done.stderr
-    assert f"run {rid} failed:" in done.stderr
+    assert "the store cannot be written, so the sweep stopped" in done.stderr
     assert "Traceback" not in done.stderr
+    states = [Store(tmp_path / "s").run_dir(r).read_status().get("state") for r in Store(tmp_path / "s").run_ids()]
+    assert states.count("pending") == 3, states  # the sweep did not start the others only to fail them
     assert time.time() - t0 < SWEEP_TIMEOUT_S
 
 
@@ -258,7 +262,8 @@ def test_a_real_full_filesystem_mid_run_ends_the_sweep(tiny_toml, tmp_path):
         _fill(mnt)
         t_full = time.time()
         _, err = proc.communicate(timeout=SWEEP_TIMEOUT_S)
-        assert proc.returncode == 1, err
+        assert proc.returncode == 2, err  # the store cannot be written: the sweep stops (StoreError)
+        assert "the sweep stopped" in err
         assert time.time() - t_full < 60
         assert "No space left on device" in err and "Traceback" not in err
     finally:

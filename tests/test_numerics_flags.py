@@ -65,6 +65,7 @@ def test_final_points_counts_flagged_and_diverged_runs():
             {"id": "c", "status": "finished", "flags": "undertrained,unstable", **row},
             {"id": "d", "status": "diverged", "flags": "", **row},
             {"id": "e", "status": "diverged", "flags": "", **row},
+            {"id": "f", "status": "running", "flags": "", **row},
         ]
     )
     pts = final_points(runs)
@@ -72,7 +73,40 @@ def test_final_points_counts_flagged_and_diverged_runs():
     assert pts.attrs["excluded"] == {
         "flagged": {"b": ["unstable"], "c": ["undertrained", "unstable"]},
         "diverged": ["d", "e"],
+        "unfinished": {"running": 1},
     }
     assert excluded_note(pts) == (
-        "excluded 2 runs flagged undertrained/unstable: b, c (--include-flagged keeps them), and 2 diverged runs"
+        "excluded 2 runs flagged undertrained/unstable: b, c (--include-flagged keeps them), and 2 diverged runs, "
+        "and 1 run not finished (1 running)"
     )
+
+
+def test_a_run_beaten_by_a_smaller_one_is_dominated_and_left_out():
+    # Issue 12's hostile test: lr 1.0 ended at 2.26 nats where lr 0.01 reached 1.0 for the same N and D, and
+    # closed 27% of its gap (not "undertrained"). Against the other runs of the sweep it is off the law.
+    rows = [
+        ("a", 1000, 1e5, 1.50),
+        ("b", 2000, 1e5, 1.40),
+        ("c", 1000, 2e5, 1.45),
+        ("hot", 2000, 2e5, 2.26),  # beaten by a, b and c, each with no more N and D
+        ("noise", 2000, 2e5, 1.42),  # beaten by b by 1.4%: within the 5% margin, kept
+    ]
+    runs = pd.DataFrame(
+        [
+            {
+                "id": i,
+                "status": "finished",
+                "flags": "",
+                "params_nonembedding": n,
+                "tokens": d,
+                "flops": 6 * n * d,
+                "final_val_loss": loss,
+            }
+            for i, n, d, loss in rows
+        ]
+    )
+    pts = final_points(runs)
+    assert sorted(pts["id"]) == ["a", "b", "c", "noise"]
+    assert pts.attrs["excluded"]["flagged"] == {"hot": ["dominated"]}
+    assert excluded_note(pts).startswith("excluded 1 run flagged dominated (a run with no more N and D reached")
+    assert "hot" in set(final_points(runs, include_flagged=True)["id"])

@@ -205,3 +205,34 @@ def test_metrics_shorter_than_the_checkpoint_says_restart_the_run_with_a_warning
 
     assert [keep(r) for r in rows] == [keep(r) for r in want]
     assert any("restarting" in w for w in rd.read_status().get("warnings", []))
+
+
+def test_a_finished_run_without_meta_gets_it_back_from_scalescope_run(tiny_toml, tmp_path, capsys):
+    # Hostile test of issue 12: `run` said "already done" and the run stayed out of every fit. Now the
+    # finished run keeps its status and metrics, and only meta.json is written again (no retraining).
+    rd, cfg, store = _tiny(tiny_toml, tmp_path, "meta2.toml")
+    meta, rows, status = rd.read_meta(), rd.metrics_path.read_bytes(), rd.read_status()
+    rd.meta_path.unlink()
+    out = train(cfg, rd.path, cache_dir=Store(store).cache_dir, threads=1)
+    assert out.status == "finished" and out.skipped
+    assert "meta.json is missing or unreadable; rewritten" in capsys.readouterr().err
+    again = rd.read_meta()
+    assert {k: again[k] for k in ("params_total", "total_steps", "flops_per_token", "entropy_rate")} == {
+        k: meta[k] for k in ("params_total", "total_steps", "flops_per_token", "entropy_rate")
+    }
+    assert rd.metrics_path.read_bytes() == rows and rd.read_status()["updated"] == status["updated"]
+
+
+def test_a_damaged_config_is_rewritten_by_the_next_run_of_the_experiment(tiny_toml, tmp_path, capsys):
+    # Hostile test of issue 12: a config.json that is not JSON dropped a finished run from every table,
+    # although the driver holds the exact config whose hash is the run id.
+    from scalescope.store import load
+
+    rd, cfg, store = _tiny(tiny_toml, tmp_path, "cfg.toml")
+    good = rd.config_path.read_bytes()
+    rd.config_path.write_text('{"model": {"d_mod')
+    assert rd.id not in set(load(store).runs["id"])
+    Store(store).add(cfg)
+    assert "rewritten from the experiment" in capsys.readouterr().err
+    assert json.loads(rd.config_path.read_bytes()) == json.loads(good)
+    assert rd.id in set(load(store).runs["id"]) and load(store).problems == []

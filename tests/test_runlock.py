@@ -178,3 +178,37 @@ def test_holder_of_a_dead_process_is_not_alive() -> None:
             assert not Holder(HOST, p.pid, "t", 0, time.time()).alive()  # a zombie, not yet reaped
     finally:
         p.wait()
+
+
+def test_a_worker_whose_lock_was_taken_over_stops_writing(tiny_toml, tmp_path: Path) -> None:
+    # A worker stopped (SIGSTOP, a suspended VM) past the stale timeout loses its run to another worker;
+    # when it wakes it must not write beside the new owner (issue 12's hostile test: 755 rows written twice).
+    from scalescope.store import Store
+    from scalescope.sweep import load_experiment
+    from scalescope.train import train
+
+    cfg = load_experiment(tiny_toml(tokens=8 * 16 * 60, eval_every=10, checkpoint_every=5)).runs[0]
+    store = Store(tmp_path / "s").ensure_writable()
+    rd = store.add(cfg)
+    lock = RunLock(rd.path)
+    assert lock.acquire()
+    calls = {"n": 0}
+
+    def guard() -> None:
+        calls["n"] += 1
+        if calls["n"] == 4:  # another worker takes the run over here (as after a stale heartbeat)
+            _write_lock(rd.path, pid=os.getpid() + 1, token="the-new-owner")
+            rows_at_takeover.append(rd.metrics_path.read_bytes())
+            status_at_takeover.append(rd.status_path.read_bytes())
+        lock.confirm()
+
+    rows_at_takeover: list[bytes] = []
+    status_at_takeover: list[bytes] = []
+    out = train(cfg, rd.path, cache_dir=store.cache_dir, threads=1, guard=guard)
+    lock.release()
+    assert out.status == "failed" and "taken over" in (out.error or "")
+    # Nothing written after the takeover: not a row, not a status (not even "failed"), and the new owner's lock stays.
+    assert rd.metrics_path.read_bytes() == rows_at_takeover[0]
+    assert rd.status_path.read_bytes() == status_at_takeover[0]
+    assert json.loads((rd.path / "lock").read_text())["token"] == "the-new-owner"
+    assert lock.lost

@@ -211,3 +211,21 @@ def test_truncate_metrics_never_extends_the_file(tmp_path: Path) -> None:
     assert rd.truncate_metrics(0) is True and rd.metrics_size() == 0
     assert RunDir(tmp_path / "none").truncate_metrics(0) is True  # no file, nothing to drop
     assert RunDir(tmp_path / "none").truncate_metrics(10) is False
+
+
+@pytest.mark.parametrize("edit", ["status step", "metrics cut"])
+def test_a_finished_status_the_metrics_contradict_is_unverified_and_reported(store: Path, edit: str) -> None:
+    # Hostile test of issue 12: a status edited to finished at an early step, or metrics cut short under a
+    # finished status, went into the runs table, the fits and the report as if complete.
+    rd = run_dirs(store)[0]
+    if edit == "status step":
+        st = rd.read_status()
+        rd.status_path.write_text(json.dumps({**st, "step": 10, "tokens": 1280}))
+    else:
+        lines = rd.metrics_path.read_text().splitlines(keepends=True)
+        rd.metrics_path.write_text("".join(lines[: len(lines) // 2]))
+    t = load(store)
+    row = t.runs.set_index("id").loc[rd.id]
+    assert row["status"] == "unverified"
+    assert [p for p in t.problems if p.startswith(f"runs/{rd.id}/status: says finished at step")]
+    assert (t.runs["status"] == "finished").sum() == len(LRS) - 1  # the others are untouched

@@ -7,13 +7,14 @@ writes only the spec's run directory, so a Ray task or a Slurm job can run the s
 from __future__ import annotations
 
 import sys
+from collections.abc import Callable
 from concurrent.futures import Future
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
 from ..config import RunConfig
-from ..rundir import RunDir
+from ..rundir import RunDir, is_unwritable
 from ..runlock import RunLock
 from ..train import Outcome, done_outcome, train
 
@@ -55,19 +56,19 @@ def execute(spec: RunSpec) -> Outcome:
     except OSError as e:
         return unrecorded(rd.id, "the run could not be claimed", e)
     try:
-        return _train(spec, rd)
+        return _train(spec, rd, lock.confirm)
     finally:
-        if lock.lost:  # we stalled past STALE_S and another worker took the run over: both may have written
-            print(f"run {rd.id}: its lock was taken over by another worker while this one ran", file=sys.stderr)
+        if lock.lost:  # stalled past STALE_S and another worker took the run over: it stopped writing then
+            print(f"run {rd.id}: its lock was taken over by another worker; this one stopped", file=sys.stderr)
         try:
             lock.release()
         except OSError as e:  # a lock left behind goes stale and is taken over: say so, do not fail
             print(f"run {rd.id}: its lock could not be removed ({e.strerror or e})", file=sys.stderr)
 
 
-def _train(spec: RunSpec, rd: RunDir) -> Outcome:
+def _train(spec: RunSpec, rd: RunDir, guard: Callable[[], None]) -> Outcome:
     try:
-        return train(spec.config, spec.run_dir, cache_dir=spec.cache_dir, threads=spec.threads)
+        return train(spec.config, spec.run_dir, cache_dir=spec.cache_dir, threads=spec.threads, guard=guard)
     except Exception as e:  # train() records every failure; this one it could not write
         cause = e.__context__
         what = f"{type(cause).__name__}: {cause}" if cause is not None else "the run failed"
@@ -81,4 +82,4 @@ def unrecorded(run_id: str, what: str, err: BaseException) -> Outcome:
     where = f" ({err.filename})" if isinstance(err, OSError) and err.filename else ""
     msg = f"{what}; its status could not be written: {type(err).__name__}: {why}{where}"
     print(f"run {run_id}: status could not be written{where}: {why}", file=sys.stderr, flush=True)
-    return Outcome(run_id, "failed", error=msg)
+    return Outcome(run_id, "failed", error=msg, unwritable=is_unwritable(err))

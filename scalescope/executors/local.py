@@ -106,6 +106,10 @@ class LocalExecutor:
             out = _received(conn, spec, proc)  # before removing it: if this raised, _loop fails its future
             self._running.remove(item)
             fut.set_result(out)
+            if out.unwritable:  # the store cannot be written: starting the queued runs would only fail them
+                for _, queued in self._queue:
+                    queued.cancel()
+                self._queue.clear()
         while self._queue and len(self._running) < self.workers:
             spec, fut = self._queue.pop(0)
             if not fut.set_running_or_notify_cancel():

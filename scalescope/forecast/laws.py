@@ -268,8 +268,9 @@ def final_points(runs: pd.DataFrame, count: str = "nonembedding", *, include_fla
     configured budgets D_budget, C_budget and the source's entropy rate H, NaN when unset). N is
     non-embedding unless ``count="total"``.
 
-    Runs flagged ``undertrained`` or ``unstable`` at the end of training (the runs table's ``flags``) are
-    left out unless ``include_flagged``: their final loss says little about N and D (see
+    Runs flagged ``undertrained`` or ``unstable`` at the end of training (the runs table's ``flags``), and
+    runs :func:`dominated` by a run with no more parameters and no more data, are left out unless
+    ``include_flagged``: their final loss says little about N and D (see
     :func:`scalescope.train.numerics_flags`). What was left out is in ``points.attrs["excluded"]``
     (``{"flagged": {id: flags}, "diverged": [ids]}``; diverged runs are those among ``runs`` or recorded
     by :func:`finished_runs`); :func:`excluded_note` words it."""
@@ -295,8 +296,42 @@ def final_points(runs: pd.DataFrame, count: str = "nonembedding", *, include_fla
         pts[dst] = pd.to_numeric(pd.Series(vals), errors="coerce").astype(float).to_numpy()
     good = np.isfinite(pts[["N", "D", "C", "loss"]].to_numpy()).all(axis=1) & (pts[["N", "D", "loss"]] > 0).all(axis=1)
     out = pts[good].reset_index(drop=True)
-    out.attrs["excluded"] = {"flagged": {} if include_flagged else flagged, "diverged": sorted(diverged)}
+    beaten = dominated(out)
+    if beaten:
+        flagged.update({rid: ["dominated"] for rid in beaten})
+        if not include_flagged:
+            out = out[~out["id"].astype(str).isin(beaten)].reset_index(drop=True)
+    # Runs that have not ended well (pending, running, failed, unverified): counted, so a fit on fewer
+    # points than the store has runs says why.
+    states = runs["status"].astype(str)
+    unfinished = states[~states.isin(["finished", "diverged"])].value_counts().to_dict()
+    out.attrs["excluded"] = {
+        "flagged": {} if include_flagged else flagged,
+        "diverged": sorted(diverged),
+        "unfinished": {str(k): int(v) for k, v in sorted(unfinished.items())},
+    }
     return out
+
+
+# A run whose final loss exceeds, by more than this fraction, that of a run with no more parameters and no
+# more tokens is off the law (loss falls with N and D on a healthy sweep): a learning rate too high for its
+# size, a bad seed of the optimizer. 5% is far above the scatter of healthy runs about their law (the demo's
+# RMS log residual is 0.13%) and far below what a wrong learning rate costs (issue 12's hostile test: lr 1.0
+# ended at 2.26 nats beside 1.0 at lr 0.01 for the same N and D, a 2x gap that the per-run numerics flags
+# did not catch).
+DOMINATED_MARGIN = 0.05
+
+
+def dominated(points: pd.DataFrame) -> list[str]:
+    """Ids of the points beaten by another point with N and D no larger (each within 1e-9 relative) and a
+    final loss lower by more than :data:`DOMINATED_MARGIN`."""
+    if len(points) < 2:
+        return []
+    N, D, L = (points[c].to_numpy(dtype=float) for c in ("N", "D", "loss"))
+    smaller = (N[None, :] <= N[:, None] * (1 + 1e-9)) & (D[None, :] <= D[:, None] * (1 + 1e-9))
+    better = L[:, None] > L[None, :] * (1 + DOMINATED_MARGIN)
+    hit = (smaller & better).any(axis=1)
+    return sorted(str(i) for i in points["id"][hit])
 
 
 def excluded_note(points: pd.DataFrame, *, limit: int = 5) -> str | None:
@@ -307,6 +342,9 @@ def excluded_note(points: pd.DataFrame, *, limit: int = 5) -> str | None:
     parts = []
     if flagged:
         kinds = "/".join(sorted({f for fl in flagged.values() for f in fl}))
+        kinds = kinds.replace(
+            "dominated", f"dominated (a run with no more N and D reached a loss >{DOMINATED_MARGIN:.0%} lower)"
+        )
         ids = sorted(flagged)
         shown = ", ".join(ids[:limit]) + (f", ... ({len(ids) - limit} more)" if len(ids) > limit else "")
         parts.append(
@@ -314,6 +352,11 @@ def excluded_note(points: pd.DataFrame, *, limit: int = 5) -> str | None:
         )
     if diverged:
         parts.append(f"{len(diverged)} diverged run{'s' if len(diverged) != 1 else ''}")
+    unfinished = ex.get("unfinished") or {}
+    if unfinished:
+        n = sum(unfinished.values())
+        kinds = ", ".join(f"{v} {k}" for k, v in unfinished.items())
+        parts.append(f"{n} run{'s' if n != 1 else ''} not finished ({kinds})")
     return "excluded " + ", and ".join(parts) if parts else None
 
 
