@@ -129,15 +129,23 @@ def read_json_object(path: Path) -> tuple[dict[str, Any] | None, str | None]:
     nul = data.count(b"\0")
     if nul:
         return None, f"holds {nul} NUL bytes"
-    try:
-        obj = json.loads(data)
-    except UnicodeDecodeError:
-        return None, "not UTF-8 text"
-    except json.JSONDecodeError as e:
-        return None, f"not JSON ({e.msg} at line {e.lineno} column {e.colno})"
+    obj, why = _parse_json(data)
+    if why is not None:
+        return None, why
     if not isinstance(obj, dict):
         return None, f"not a JSON object (a {type(obj).__name__})"
     return obj, None
+
+
+def _parse_json(data: bytes, *, one_line: bool = False) -> tuple[Any, str | None]:
+    """``(the JSON value of data, None)`` or ``(None, what is wrong)``, for the readers of a damaged store."""
+    try:
+        return json.loads(data), None
+    except UnicodeDecodeError:
+        return None, "not UTF-8 text"
+    except json.JSONDecodeError as e:
+        at = f"column {e.colno}" if one_line else f"line {e.lineno} column {e.colno}"
+        return None, f"not JSON ({e.msg} at {at})"
 
 
 # The columns of a metrics row and the JSON types each accepts (None: a missing or non-finite value).
@@ -154,12 +162,9 @@ _REQUIRED = ("step", "metric")  # a row without these cannot be placed in the me
 
 def _metrics_row(line: bytes) -> tuple[dict[str, Any] | None, str | None]:
     """One line of ``metrics.jsonl`` as a row, or ``(None, what is wrong)``."""
-    try:
-        row = json.loads(line)
-    except UnicodeDecodeError:
-        return None, "not UTF-8 text"
-    except json.JSONDecodeError as e:
-        return None, f"not JSON ({e.msg} at column {e.colno})"
+    row, why = _parse_json(line, one_line=True)
+    if why is not None:
+        return None, why
     if not isinstance(row, dict):
         return None, "not a JSON object"
     for key, types in METRIC_FIELDS.items():
