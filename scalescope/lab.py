@@ -147,8 +147,12 @@ def run_experiment(
         planned = plan(exp, store)
     except BaseException:
         # A mistake found while preparing the data (an empty corpus, a file that cannot be read) must not
-        # leave behind a store that this call created: nothing of value is in it yet.
-        if fresh:
+        # leave behind a store that this call created: nothing of value is in it yet. Unless another driver
+        # started on the same new store meanwhile and a worker of its has begun a run (a lock or metrics).
+        begun = any(
+            store.run_dir(r).lock_path.exists() or store.run_dir(r).metrics_path.exists() for r in store.run_ids()
+        )
+        if fresh and not begun:
             shutil.rmtree(store.path, ignore_errors=True)
         raise
     # Longest first (by FLOPs): the last run to start is then a short one, which keeps every worker

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import platform
+import socket
 import sys
 from typing import Any
 
@@ -39,5 +40,8 @@ def run_meta(cfg: RunConfig, model: GPT, source: Source, total_steps: int, devic
             "cpu": platform.processor() or platform.machine(),
             "cores": os.cpu_count(),
             "threads": torch.get_num_threads(),
+            # Which machine trained it (a Ray or Slurm worker may be any node); meta.json is not hashed
+            # into the run id, so this never changes which run a config is.
+            "host": socket.gethostname(),
         },
     }

@@ -26,7 +26,9 @@ be mended.
 from __future__ import annotations
 
 import json
+import os
 import sys
+import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -72,7 +74,8 @@ class Store:
         try:
             self.runs_dir.mkdir(parents=True, exist_ok=True)
             self.cache_dir.mkdir(parents=True, exist_ok=True)
-            probe = self.path / ".write-test"
+            # A name of this process's own: two drivers checking one store must not remove each other's probe.
+            probe = self.path / f".write-test.{os.getpid()}.{uuid.uuid4().hex}"
             probe.write_text("ok")
             probe.unlink()
         except OSError as e:

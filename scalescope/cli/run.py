@@ -40,7 +40,113 @@ def add_parser(sub: Any) -> None:
     add_store(r, help="store directory (created if missing)")
     add_workers(r)
     r.add_argument("--quiet", action="store_true", help="no progress line")
+    add_executor(r)
     r.set_defaults(fn=cmd_run)
+
+
+# The Slurm executor's options (scalescope.executors.slurm) as they are spelled on the command line.
+SLURM_FLAGS = {
+    "cluster": "--slurm-cluster",
+    "partition": "--slurm-partition",
+    "time_min": "--slurm-time",
+    "cpus_per_run": "--slurm-cpus",
+    "gpus_per_run": "--slurm-gpus",
+    "mem_gb": "--slurm-mem",
+    "array_parallelism": "--slurm-array-parallelism",
+    "sbatch_options": "--slurm-sbatch",
+}
+
+
+# The parser's defaults of the Slurm options: one given without --executor slurm is a mistake, said so.
+_SLURM_DEFAULTS: dict[str, Any] = {
+    "slurm_cluster": "slurm",
+    "slurm_partition": None,
+    "slurm_time": 60,
+    "slurm_cpus": 1,
+    "slurm_gpus": 0,
+    "slurm_mem": None,
+    "slurm_array_parallelism": None,
+    "slurm_sbatch": [],
+}
+
+
+def add_executor(p: argparse.ArgumentParser) -> None:
+    """Where the runs train: local processes (default), a Ray cluster, or Slurm through submitit."""
+    g = p.add_argument_group("executor (README: Running on a cluster)")
+    g.add_argument(
+        "--executor",
+        choices=("local", "ray", "slurm"),
+        default="local",
+        help="where runs train: local processes, a Ray cluster (pip install 'scalescope[ray]') or Slurm jobs "
+        "through submitit (pip install 'scalescope[slurm]')",
+    )
+    g.add_argument(
+        "--ray-address",
+        default=None,
+        help="Ray head to send runs to (host:port, auto or ray://...); default $RAY_ADDRESS, else a local Ray "
+        "started for this sweep",
+    )
+    g.add_argument(
+        "--slurm-cluster",
+        choices=("slurm", "local", "debug"),
+        default="slurm",
+        help="slurm: sbatch; local: processes on this machine (testing); debug: in this process, for a debugger",
+    )
+    g.add_argument("--slurm-partition", default=None, help="Slurm partition")
+    g.add_argument(
+        "--slurm-time",
+        type=int,
+        default=60,
+        help="time limit per job in minutes; a job that runs out is requeued and resumes from its checkpoint",
+    )
+    g.add_argument("--slurm-cpus", type=int, default=1, help="CPUs (and torch threads) per run")
+    g.add_argument("--slurm-gpus", type=int, default=0, help="GPUs per run")
+    g.add_argument("--slurm-mem", type=float, default=None, help="memory per run in GB")
+    g.add_argument("--slurm-array-parallelism", type=int, default=None, help="most runs of the job array at once")
+    g.add_argument(
+        "--slurm-sbatch",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="an extra sbatch option (repeatable); a bare KEY is a flag",
+    )
+
+
+def make_executor(args: argparse.Namespace, store: Any) -> Any:
+    """The executor ``args`` ask for, or None for the local one (``run_experiment`` makes it). Built before
+    any run directory is written, so an unreachable Ray head or a bad Slurm option leaves nothing behind."""
+    from ..executors import make_ray_executor, make_slurm_executor
+
+    if args.executor != "ray" and args.ray_address is not None:
+        raise ConfigError("only applies with --executor ray", field="--ray-address")
+    given = [k for k, default in _SLURM_DEFAULTS.items() if getattr(args, k) != default]
+    if args.executor != "slurm" and given:
+        raise ConfigError("only applies with --executor slurm", field="--" + given[0].replace("_", "-"))
+    if args.executor == "ray":
+        return make_ray_executor(args.ray_address, threads_per_run=args.threads or 1)
+    if args.executor == "slurm":
+        sbatch: dict[str, Any] = {}
+        for item in args.slurm_sbatch:
+            key, eq, value = item.partition("=")
+            sbatch[key.strip()] = value.strip() if eq else True
+        options = {
+            "cluster": args.slurm_cluster,
+            "partition": args.slurm_partition,
+            "time_min": args.slurm_time,
+            "cpus_per_run": args.slurm_cpus,
+            "gpus_per_run": args.slurm_gpus,
+            "mem_gb": args.slurm_mem,
+            "array_parallelism": args.slurm_array_parallelism,
+            "sbatch_options": sbatch or None,
+        }
+        try:
+            return make_slurm_executor(store.path / "slurm", **options)
+        except ConfigError as err:
+            name = (err.field or "").removeprefix("executor.").split(".")[0]
+            if name in SLURM_FLAGS:
+                raise ConfigError(err.message, field=SLURM_FLAGS[name]) from None
+            raise
+    return None
 
 
 def add_workers(p: argparse.ArgumentParser) -> None:
@@ -65,9 +171,21 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     check_positive(args, "workers", "threads")
     exp = load_experiment(resolve_experiment(args.experiment))
-    return run_and_summarize(
-        exp, Store(args.store), args.workers, quiet=args.quiet, threads=args.threads, assume_yes=args.yes
-    )
+    store = Store(args.store)
+    executor = make_executor(args, store)
+    try:
+        return run_and_summarize(
+            exp,
+            store,
+            args.workers,
+            quiet=args.quiet,
+            threads=args.threads,
+            assume_yes=args.yes,
+            executor=executor,
+        )
+    finally:
+        if executor is not None:  # run_experiment shuts down only the executor it made itself
+            executor.shutdown()
 
 
 def run_and_summarize(
@@ -77,6 +195,7 @@ def run_and_summarize(
     quiet: bool = False,
     threads: int | None = None,
     assume_yes: bool = False,
+    executor: Any = None,
 ) -> int:
     """Check the plan against the machine (time and memory; :mod:`scalescope.preflight`), then run the
     experiment with a progress line, then one summary line (and one line per run that did not end)."""
@@ -92,7 +211,9 @@ def run_and_summarize(
         already = f" ({done} already done)" if done else ""
         print(f"experiment {exp.name}: {n} run{'s' * (n != 1)}{already} -> {store.path}/runs", file=sys.stderr)
 
-    outcomes = run_experiment(exp, store, workers=workers, threads=threads, progress=not quiet, on_start=header)
+    outcomes = run_experiment(
+        exp, store, workers=workers, threads=threads, progress=not quiet, on_start=header, executor=executor
+    )
     counts: dict[str, int] = {}
     for o in outcomes:
         counts[o.status] = counts.get(o.status, 0) + 1

@@ -17,3 +17,46 @@ from .base import ELSEWHERE, Executor, RunSpec, execute
 from .local import LocalExecutor
 
 __all__ = ["ELSEWHERE", "Executor", "LocalExecutor", "RunSpec", "execute"]
+
+
+def make_ray_executor(
+    address: str | None = None, threads_per_run: int = 1, num_gpus_per_run: float = 0, max_retries: int = 3
+) -> Executor:
+    """A :class:`~scalescope.executors.ray.RayExecutor`, importing Ray only now (it is an optional extra:
+    ``pip install 'scalescope[ray]'``). Raises ConfigError when Ray is not installed or not reachable."""
+    try:
+        from .ray import RayExecutor
+    except ImportError as e:
+        from ..errors import ConfigError
+
+        raise ConfigError(
+            f"the Ray executor needs Ray ({e}); install it with: pip install 'scalescope[ray]'",
+            field="--executor",
+        ) from None
+    return RayExecutor(address, threads_per_run, num_gpus_per_run, max_retries)
+
+
+__all__ += ["make_ray_executor"]
+
+# (The Slurm helper appends here; the lead may move these two imports to the top.)
+from pathlib import Path  # noqa: E402
+from typing import Any  # noqa: E402
+
+
+def make_slurm_executor(folder: str | Path, **options: Any) -> Executor:
+    """A :class:`~scalescope.executors.slurm.SlurmExecutor` (options as its constructor's), importing
+    submitit only now (it is an optional extra: ``pip install 'scalescope[slurm]'``). Raises ConfigError
+    when submitit is not installed or an option is bad."""
+    try:
+        from .slurm import SlurmExecutor
+    except ImportError as e:
+        from ..errors import ConfigError
+
+        raise ConfigError(
+            f"the Slurm executor needs submitit ({e}); install it with: pip install 'scalescope[slurm]'",
+            field="--executor",
+        ) from None
+    return SlurmExecutor(folder, **options)
+
+
+__all__ += ["make_slurm_executor"]
