@@ -401,6 +401,30 @@ class RunDir:
         """Every readable row (a damaged line is skipped; :meth:`scan_metrics` says which and why)."""
         return self.scan_metrics().rows
 
+    def last_metric_row(self, metric: str, *, block: int = 1 << 16) -> dict[str, Any] | None:
+        """The last readable row of ``metric``, read from the end of ``metrics.jsonl`` a block at a time: a
+        finished run's last evaluation is in its last few rows, so checking "done" for every run of a large
+        store (each ``scalescope run`` does) reads kilobytes, not every row. None when there is none."""
+        try:
+            f = open(self.metrics_path, "rb")
+        except FileNotFoundError:
+            return None
+        with f:
+            end = f.seek(0, os.SEEK_END)
+            pos, tail = end, b""
+            while pos > 0:
+                pos = max(0, pos - block)
+                f.seek(pos)
+                tail = f.read(end - pos)
+                lines = tail.split(b"\n")
+                # The first piece may be cut mid-line unless the block reached the start of the file.
+                for line in reversed(lines if pos == 0 else lines[1:]):
+                    row = _metrics_row(line)[0] if line.strip() else None
+                    if row is not None and row.get("metric") == metric:
+                        return row
+                block *= 2
+        return None
+
     @staticmethod
     def parse_metrics_line(line: bytes) -> dict[str, Any] | None:
         """One line of ``metrics.jsonl`` as a row, or None when it is not one."""

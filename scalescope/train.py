@@ -121,11 +121,10 @@ def finished_problem(cfg: C.RunConfig, rd: RunDir) -> str | None:
     metrics are what the run actually did."""
     total = total_steps_of(cfg)
     try:
-        rows = rd.read_metrics()
+        row = rd.last_metric_row("val_loss")
     except (OSError, ValueError) as e:
         return f"{rd.metrics_path} cannot be read ({type(e).__name__})"
-    steps = [r.get("step") for r in rows if isinstance(r, dict) and r.get("metric") == "val_loss"]
-    last = steps[-1] if steps else None
+    last = None if row is None else row.get("step")
     if last != total:
         return f"the last val_loss in {rd.metrics_path} is at step {last}, not at the run's last step {total}"
     return None

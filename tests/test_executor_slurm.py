@@ -295,3 +295,23 @@ def test_job_that_keeps_dying_is_given_up_and_its_failure_written(exp_path, tmp_
     assert second is not None and second.status == "failed"
     assert second.error == "job 42 ended without a result (FAILED: UncompletedJobError), 2 times: given up"
     assert rd.read_status()["state"] == "failed"  # written for the dead job, which could not
+
+
+def test_the_command_line_sends_a_sweep_through_submitit_and_names_bad_flags(tiny_toml, tmp_path, capsys):
+    from scalescope.cli import main
+
+    exp = tiny_toml('[sweep]\n"train.lr" = [0.01, 0.02]\n')
+    store = tmp_path / "s"
+    assert (
+        main(["run", str(exp), "--store", str(store), "--quiet", "--executor", "slurm", "--slurm-cluster", "local"])
+        == 0
+    )
+    assert "done: 2 finished" in capsys.readouterr().err
+    assert any((store / "slurm").iterdir())  # the jobs' logs, where README says
+    # A Slurm option without --executor slurm, and a bad value: one line naming the flag, nothing written.
+    assert main(["run", str(exp), "--store", str(tmp_path / "t"), "--slurm-time", "5"]) == 2
+    assert capsys.readouterr().err == "error: --slurm-time: only applies with --executor slurm\n"
+    bad = ["run", str(exp), "--store", str(tmp_path / "u"), "--executor", "slurm", "--slurm-cluster", "local"]
+    assert main([*bad, "--slurm-time", "-5"]) == 2
+    assert capsys.readouterr().err == "error: --slurm-time: expected an integer >= 1, got -5\n"
+    assert not (tmp_path / "t").exists() and not (tmp_path / "u").exists()

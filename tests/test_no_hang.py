@@ -17,7 +17,7 @@ import pytest
 
 from scalescope.errors import StoreError
 from scalescope.executors import ELSEWHERE, LocalExecutor, RunSpec
-from scalescope.executors.local import _outcome
+from scalescope.executors.local import dead_worker_outcome
 from scalescope.lab import run_experiment
 from scalescope.rundir import RunDir
 from scalescope.runlock import HOST, RunLock
@@ -199,7 +199,7 @@ def test_a_failed_status_that_cannot_be_written_is_reported_not_raised(tiny_toml
         raise OSError(errno.ENOSPC, "No space left on device", str(rd.status_path))
 
     monkeypatch.setattr(RunDir, "write_status", full)
-    out = _outcome(spec, -9, pid=12345)
+    out = dead_worker_outcome(spec, -9, pid=12345)
     assert out.status == "failed"
     assert "worker process died (exit code -9)" in (out.error or "")
     assert "No space left on device" in (out.error or "")
@@ -211,7 +211,7 @@ def test_a_dead_workers_run_held_by_another_live_worker_is_not_marked_failed(tin
     other = RunLock(rd)
     assert other.acquire()  # a live worker of another driver (this process) has taken the run over
     try:
-        out = _outcome(spec, -9, pid=12345)
+        out = dead_worker_outcome(spec, -9, pid=12345)
     finally:
         other.release()
     assert out.status == ELSEWHERE

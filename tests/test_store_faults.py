@@ -229,3 +229,16 @@ def test_a_finished_status_the_metrics_contradict_is_unverified_and_reported(sto
     assert row["status"] == "unverified"
     assert [p for p in t.problems if p.startswith(f"runs/{rd.id}/status: says finished at step")]
     assert (t.runs["status"] == "finished").sum() == len(LRS) - 1  # the others are untouched
+
+
+def test_the_last_row_of_a_metric_read_from_the_end_is_the_last_of_all_rows(store: Path) -> None:
+    # finished_problem reads only the end of metrics.jsonl; with tiny blocks it must cross block borders,
+    # cut lines and a torn last line, and still agree with reading every row.
+    rd = run_dirs(store)[0]
+    tear_last_line(rd)
+    rows = rd.read_metrics()
+    for metric in ("val_loss", "train_loss", "lr"):
+        want = [r for r in rows if r["metric"] == metric][-1]
+        for block in (7, 64, 1 << 16):
+            assert rd.last_metric_row(metric, block=block) == want
+    assert rd.last_metric_row("no_such_metric", block=7) is None

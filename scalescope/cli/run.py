@@ -57,19 +57,6 @@ SLURM_FLAGS = {
 }
 
 
-# The parser's defaults of the Slurm options: one given without --executor slurm is a mistake, said so.
-_SLURM_DEFAULTS: dict[str, Any] = {
-    "slurm_cluster": "slurm",
-    "slurm_partition": None,
-    "slurm_time": 60,
-    "slurm_cpus": 1,
-    "slurm_gpus": 0,
-    "slurm_mem": None,
-    "slurm_array_parallelism": None,
-    "slurm_sbatch": [],
-}
-
-
 def add_executor(p: argparse.ArgumentParser) -> None:
     """Where the runs train: local processes (default), a Ray cluster, or Slurm through submitit."""
     g = p.add_argument_group("executor (README: Running on a cluster)")
@@ -89,18 +76,20 @@ def add_executor(p: argparse.ArgumentParser) -> None:
     g.add_argument(
         "--slurm-cluster",
         choices=("slurm", "local", "debug"),
-        default="slurm",
-        help="slurm: sbatch; local: processes on this machine (testing); debug: in this process, for a debugger",
+        default=None,
+        help="slurm (default): sbatch; local: processes on this machine (testing); debug: in this process, for a "
+        "debugger",
     )
     g.add_argument("--slurm-partition", default=None, help="Slurm partition")
     g.add_argument(
         "--slurm-time",
         type=int,
-        default=60,
-        help="time limit per job in minutes; a job that runs out is requeued and resumes from its checkpoint",
+        default=None,
+        help="time limit per job in minutes (default 60); a job that runs out is requeued and resumes from its "
+        "checkpoint",
     )
-    g.add_argument("--slurm-cpus", type=int, default=1, help="CPUs (and torch threads) per run")
-    g.add_argument("--slurm-gpus", type=int, default=0, help="GPUs per run")
+    g.add_argument("--slurm-cpus", type=int, default=None, help="CPUs (and torch threads) per run (default 1)")
+    g.add_argument("--slurm-gpus", type=int, default=None, help="GPUs per run (default 0)")
     g.add_argument("--slurm-mem", type=float, default=None, help="memory per run in GB")
     g.add_argument("--slurm-array-parallelism", type=int, default=None, help="most runs of the job array at once")
     g.add_argument(
@@ -119,26 +108,20 @@ def make_executor(args: argparse.Namespace, store: Any) -> Any:
 
     if args.executor != "ray" and args.ray_address is not None:
         raise ConfigError("only applies with --executor ray", field="--ray-address")
-    given = [k for k, default in _SLURM_DEFAULTS.items() if getattr(args, k) != default]
+    # Every Slurm option defaults to None (the executor's own default applies), so "given" needs no copy of them.
+    given = {name: getattr(args, flag[2:].replace("-", "_")) for name, flag in SLURM_FLAGS.items()}
+    given = {k: v for k, v in given.items() if v not in (None, [])}
     if args.executor != "slurm" and given:
-        raise ConfigError("only applies with --executor slurm", field="--" + given[0].replace("_", "-"))
+        raise ConfigError("only applies with --executor slurm", field=SLURM_FLAGS[next(iter(given))])
     if args.executor == "ray":
         return make_ray_executor(args.ray_address, threads_per_run=args.threads or 1)
     if args.executor == "slurm":
-        sbatch: dict[str, Any] = {}
-        for item in args.slurm_sbatch:
-            key, eq, value = item.partition("=")
-            sbatch[key.strip()] = value.strip() if eq else True
-        options = {
-            "cluster": args.slurm_cluster,
-            "partition": args.slurm_partition,
-            "time_min": args.slurm_time,
-            "cpus_per_run": args.slurm_cpus,
-            "gpus_per_run": args.slurm_gpus,
-            "mem_gb": args.slurm_mem,
-            "array_parallelism": args.slurm_array_parallelism,
-            "sbatch_options": sbatch or None,
-        }
+        options = dict(given)
+        if args.slurm_sbatch:
+            options["sbatch_options"] = {
+                key.strip(): value.strip() if eq else True
+                for key, eq, value in (item.partition("=") for item in args.slurm_sbatch)
+            }
         try:
             return make_slurm_executor(store.path / "slurm", **options)
         except ConfigError as err:

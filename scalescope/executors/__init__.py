@@ -1,7 +1,8 @@
 """Executors send run specs somewhere to be trained and hand back their outcomes.
 
 The protocol is deliberately tiny (:mod:`.base`): ``submit(spec) -> Future[Outcome]`` and ``shutdown()``;
-:mod:`.local` runs specs in local processes.
+:mod:`.local` runs specs in local processes, :mod:`.ray` as Ray tasks and :mod:`.slurm` as Slurm job
+arrays through submitit (both optional extras, imported only by their ``make_*`` factory below).
 
 Who writes the run directory: the driver has created it with its config before it submits the spec; the
 worker owns it while it holds the run's lock (:mod:`scalescope.runlock`); a worker that cannot claim it
@@ -13,10 +14,13 @@ the executors that call it.
 
 from __future__ import annotations
 
+from pathlib import Path
+from typing import Any
+
 from .base import ELSEWHERE, Executor, RunSpec, execute
 from .local import LocalExecutor
 
-__all__ = ["ELSEWHERE", "Executor", "LocalExecutor", "RunSpec", "execute"]
+__all__ = ["ELSEWHERE", "Executor", "LocalExecutor", "RunSpec", "execute", "make_ray_executor", "make_slurm_executor"]
 
 
 def make_ray_executor(
@@ -36,13 +40,6 @@ def make_ray_executor(
     return RayExecutor(address, threads_per_run, num_gpus_per_run, max_retries)
 
 
-__all__ += ["make_ray_executor"]
-
-# (The Slurm helper appends here; the lead may move these two imports to the top.)
-from pathlib import Path  # noqa: E402
-from typing import Any  # noqa: E402
-
-
 def make_slurm_executor(folder: str | Path, **options: Any) -> Executor:
     """A :class:`~scalescope.executors.slurm.SlurmExecutor` (options as its constructor's), importing
     submitit only now (it is an optional extra: ``pip install 'scalescope[slurm]'``). Raises ConfigError
@@ -57,6 +54,3 @@ def make_slurm_executor(folder: str | Path, **options: Any) -> Executor:
             field="--executor",
         ) from None
     return SlurmExecutor(folder, **options)
-
-
-__all__ += ["make_slurm_executor"]

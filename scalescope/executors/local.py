@@ -7,7 +7,7 @@ interpreter (segfault, OOM kill) then takes down only itself.
 
 A worker sends its :class:`~scalescope.train.Outcome` back through a pipe as it exits (that is how the
 driver learns of a run held elsewhere, or of a failure the worker could not write down). A worker that
-died without sending one could not record its failure either, so :func:`_outcome` records it for it,
+died without sending one could not record its failure either, so :func:`dead_worker_outcome` records it for it,
 the executor's one write into a run directory (see :mod:`scalescope.rundir` on who writes what).
 
 No hang: the monitor thread turns every error it meets into a ``failed`` outcome of the run concerned,
@@ -150,7 +150,7 @@ class LocalExecutor:
 
 
 def _received(conn: Connection, spec: RunSpec, proc: mp.process.BaseProcess) -> Outcome:
-    """The outcome the worker sent, or, for a worker that died first, the one :func:`_outcome` reads."""
+    """The outcome the worker sent, or, for a worker that died first, the one :func:`dead_worker_outcome` reads."""
     try:
         if conn.poll():
             out = conn.recv()
@@ -161,12 +161,12 @@ def _received(conn: Connection, spec: RunSpec, proc: mp.process.BaseProcess) -> 
     finally:
         conn.close()
     try:
-        return _outcome(spec, proc.exitcode, proc.pid)
+        return dead_worker_outcome(spec, proc.exitcode, proc.pid)
     except Exception as e:  # a run directory we cannot even read must not stop the monitor
         return Outcome(RunDir(Path(spec.run_dir)).id, "failed", error=f"worker process died; {e!r}")
 
 
-def _outcome(spec: RunSpec, exitcode: int | None, pid: int | None = None) -> Outcome:
+def dead_worker_outcome(spec: RunSpec, exitcode: int | None, pid: int | None = None) -> Outcome:
     """Read the outcome a worker that died left in its run directory. One that died without recording an
     end (killed, crashed the interpreter) could not write its failure: the executor writes it, unless
     another live worker holds the run's lock (then the run is theirs, and it is running elsewhere)."""

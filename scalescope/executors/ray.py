@@ -35,7 +35,7 @@ from ..errors import ConfigError
 from ..rundir import RunDir
 from ..train import Outcome
 from .base import RunSpec, execute
-from .local import _outcome as _dead_worker_outcome
+from .local import dead_worker_outcome
 
 __all__ = ["RayExecutor"]
 
@@ -186,7 +186,7 @@ class RayExecutor:
             try:
                 # What the run directory says; a run whose worker died unrecorded is marked failed (or is
                 # "elsewhere" while the dead worker's lock on another host has not yet gone stale).
-                out = _dead_worker_outcome(spec, None)
+                out = dead_worker_outcome(spec, None)
                 if out.status == "failed" and out.error:
                     out.error = f"{out.error.split(' (exit code')[0]} on Ray: {type(e).__name__}"
             except BaseException as e2:

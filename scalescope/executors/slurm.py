@@ -217,32 +217,14 @@ class SlurmExecutor:
     :func:`check_options`; ``cluster``: ``"slurm"`` (sbatch), ``"local"`` (processes on this machine) or
     ``"debug"`` (in this process, one run at a time, for a debugger)."""
 
-    def __init__(
-        self,
-        folder: str | Path,
-        *,
-        cluster: str = "slurm",
-        partition: str | None = None,
-        time_min: int = 60,
-        cpus_per_run: int = 1,
-        gpus_per_run: int = 0,
-        mem_gb: float | None = None,
-        array_parallelism: int | None = None,
-        sbatch_options: dict[str, Any] | None = None,
-        max_requeues: int = 3,
-        job_name: str = "scalescope",
-    ) -> None:
-        o = check_options(
-            cluster,
-            partition,
-            time_min,
-            cpus_per_run,
-            gpus_per_run,
-            mem_gb,
-            array_parallelism,
-            sbatch_options,
-            max_requeues,
-        )
+    def __init__(self, folder: str | Path, *, job_name: str = "scalescope", **options: Any) -> None:
+        unknown = sorted(set(options) - set(SlurmOptions.__dataclass_fields__))
+        if unknown:
+            raise ConfigError(
+                f"unknown option(s) {', '.join(unknown)}; expected {', '.join(SlurmOptions.__dataclass_fields__)}",
+                field="executor",
+            )
+        o = check_options(**options)
         self.options = o
         self.folder = Path(folder)
         # Locally the monitor throttles; submitit's local executor starts every job at once.
