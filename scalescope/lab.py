@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import math
 import shutil
 import sys
 import time
 from collections.abc import Callable
 from concurrent.futures import CancelledError, Future
 from dataclasses import dataclass
+from typing import Any, TextIO
 
 from . import config as C
 from .data import build_source
@@ -67,59 +69,175 @@ def _really_done(cfg: C.RunConfig, rd: RunDir) -> bool:
     return done_outcome(cfg, rd)[0] is not None
 
 
-class Progress:
-    """One line: runs done of total, aggregate tokens/s, ETA. Rewritten in place on a terminal, printed
-    every ``interval`` seconds otherwise (CI logs stay short)."""
+def _duration(s: float) -> str:
+    """45s, 6m10s, 2h03m: short at any sweep length."""
+    s = int(s)
+    if s < 60:
+        return f"{s}s"
+    if s < 3600:
+        return f"{s // 60}m{s % 60:02d}s"
+    return f"{s // 3600}h{s % 3600 // 60:02d}m"
 
-    def __init__(self, planned: list[Planned], store: Store, stream=sys.stderr, interval: float = 15.0):
-        self.planned, self.store, self.stream = planned, store, stream
+
+def _int(v: Any) -> int | None:
+    return v if isinstance(v, int) and not isinstance(v, bool) else None
+
+
+@dataclass
+class _Seen:
+    """What the progress line knows of one run."""
+
+    tokens: int  # trained so far, as last read
+    final: bool = False  # ended (or skipped as done): no more reads
+    running_since: float | None = None  # when this line first saw it running, for "most recent"
+    loss: float | None = None  # its latest train_loss while running
+
+
+class Progress:
+    """One line: runs done of total, the latest train loss of the running runs, tokens/s, elapsed, ETA.
+    Rewritten in place on a terminal, printed every ``interval`` seconds otherwise (CI logs stay short).
+
+    ``runs 3/12 | train loss 2.31 (a1b2c3) 2.05 (d4e5f6) | 41,200 tokens/s | elapsed 2m00s | ETA 6m10s``
+
+    The ETA is remaining FLOPs over the mean FLOP rate of this sweep so far (FLOPs trained since it started
+    / elapsed): FLOPs, not tokens, so that a sweep of mixed model sizes is right, and a mean over all the
+    sweep's work rather than a window, which jumps when a run ends or a status is rewritten. Only what is
+    trained during this sweep counts toward the rate: progress a run had when the sweep started is the
+    baseline, and a run that restarts from step 0 gives its tokens back to the remaining work without
+    taking them from the work done. Files are read only when the line is drawn (and the train-loss tail
+    only for running runs).
+    """
+
+    WINDOW_S = 60.0  # tokens/s is shown over the last minute: the current throughput, not the mean
+    MAX_WIDTH = 110  # above this, the train-loss column collapses to its compact form
+
+    def __init__(
+        self,
+        planned: list[Planned],
+        store: Store,
+        stream: TextIO = sys.stderr,
+        interval: float = 15.0,
+        *,
+        clock: Callable[[], float] = time.time,
+    ):
+        self.planned, self.store, self.stream, self.clock = planned, store, stream, clock
         self.tty = stream.isatty()
         self.interval = 0.5 if self.tty else interval
-        self.t0 = time.time()
-        self.history: list[tuple[float, int]] = [(self.t0, self._tokens())]
-        self.last_print = 0.0
-
-    def _tokens(self) -> int:
-        total = 0
-        for p in self.planned:
-            try:
-                st = self.store.run_dir(p.run_id).read_status()
-            except OSError:  # an unreadable status is the worker's failure to report, not the progress line's
+        self.t0 = clock()
+        self.last_print = -math.inf
+        self.width = 0  # longest line drawn so far: a rewrite pads to it so no old characters remain
+        self.work_tokens = 0  # trained during this sweep, over all runs (never decreases)
+        self.work_flops = 0.0
+        self.history: list[tuple[float, int]] = [(self.t0, 0)]
+        self.seen: dict[str, _Seen] = {}
+        for p in planned:
+            if p.done:
+                self.seen[p.run_id] = _Seen(p.tokens_total, final=True)
                 continue
-            total += p.tokens_total if st.get("state") in DONE_STATES else st.get("tokens", 0)
-        return total
+            rd = store.run_dir(p.run_id)
+            tokens = _int(self._status(p.run_id).get("tokens")) or 0
+            # A failed status carries no tokens; the metrics tail still tells how far the run had come.
+            row = rd.last_metric_row("train_loss") or {}
+            self.seen[p.run_id] = _Seen(max(tokens, _int(row.get("tokens")) or 0))
+
+    def _status(self, run_id: str) -> dict[str, Any]:
+        try:
+            return self.store.run_dir(run_id).read_status()
+        except OSError:  # an unreadable status is the worker's failure to report, not the progress line's
+            return {}
+
+    def _observe(self, outcomes: dict[str, Outcome], now: float) -> None:
+        for p in self.planned:
+            s = self.seen[p.run_id]
+            if s.final:
+                continue
+            st = self._status(p.run_id)
+            state, tokens = st.get("state"), _int(st.get("tokens"))
+            running = state == "running" and p.run_id not in outcomes
+            if running:
+                # With train.log_every the latest train_loss row is fresher than the status (written at
+                # evaluations and checkpoints), so it also advances the run's position.
+                row = self.store.run_dir(p.run_id).last_metric_row("train_loss")
+                if row is not None:
+                    value = row.get("value")
+                    s.loss = float(value) if isinstance(value, (int, float)) else None
+                    tokens = max(tokens or 0, _int(row.get("tokens")) or 0)
+                s.running_since = s.running_since or now
+            else:
+                s.running_since, s.loss = None, None
+            if tokens is not None:
+                gained = tokens - s.tokens
+                if gained > 0:
+                    self.work_tokens += gained
+                    self.work_flops += gained * p.flops_total / max(1, p.tokens_total)
+                s.tokens = tokens  # lower after a restart from step 0: that work is to be done again
+            if state in DONE_STATES or p.run_id in outcomes:
+                s.final = True
+
+    def _losses(self, compact: bool) -> str:
+        order = {p.run_id: i for i, p in enumerate(self.planned)}
+        live = [(rid, s) for rid, s in self.seen.items() if s.running_since is not None and s.loss is not None]
+        if not live:
+            return ""
+        live.sort(key=lambda x: (-(x[1].running_since or 0.0), order[x[0]]))
+        if len(live) <= 3 and not compact:
+            return " | train loss " + " ".join(f"{s.loss:.2f} ({rid[:6]})" for rid, s in live)
+        losses = [s.loss for _, s in live if s.loss is not None and math.isfinite(s.loss)]
+        if not losses:
+            return f" | train loss -- ({len(live)} runs)"
+        lo, hi = min(losses), max(losses)
+        span = f"{lo:.2f}" if lo == hi else f"{lo:.2f}-{hi:.2f}"
+        return f" | train loss {span} ({len(live)} runs)"
+
+    def eta(self, now: float) -> float | None:
+        """Seconds left, or None before any work of this sweep (no rate to go by)."""
+        remaining = sum(
+            max(0, p.tokens_total - self.seen[p.run_id].tokens) * p.flops_total / max(1, p.tokens_total)
+            for p in self.planned
+            if not self.seen[p.run_id].final
+        )
+        if remaining <= 0:
+            return 0.0
+        if self.work_flops <= 0:
+            return None
+        return remaining / (self.work_flops / max(1e-9, now - self.t0))
 
     def line(self, outcomes: dict[str, Outcome]) -> str:
+        now = self.clock()
+        self._observe(outcomes, now)
         done = sum(1 for p in self.planned if p.done or p.run_id in outcomes)
-        tokens, now = self._tokens(), time.time()
-        el = now - self.t0
-        # Rate over the last minute: the throughput changes as runs finish and workers go idle.
-        self.history.append((now, tokens))
-        while len(self.history) > 2 and now - self.history[1][0] > 60:
+        self.history.append((now, self.work_tokens))
+        while len(self.history) > 2 and now - self.history[1][0] > self.WINDOW_S:
             self.history.pop(0)
         t_old, tok_old = self.history[0]
-        # Never negative: a run that restarts from step 0 (a refused checkpoint) gives its tokens back.
-        rate = max(0.0, (tokens - tok_old) / max(1e-9, now - t_old))
-        remaining = sum(p.tokens_total for p in self.planned) - tokens
-        eta = remaining / rate if rate > 0 else float("nan")
-        eta_s = "--" if eta != eta else f"{int(eta // 60)}m{int(eta % 60):02d}s"
+        rate = (self.work_tokens - tok_old) / max(1e-9, now - t_old)
+        eta = self.eta(now)
         failed = sum(1 for o in outcomes.values() if o.status != "finished")
-        extra = f", {failed} not finished" if failed else ""
-        return f"runs {done}/{len(self.planned)}{extra} | {rate:,.0f} tokens/s | elapsed {el:.0f}s | ETA {eta_s}"
+        head = f"runs {done}/{len(self.planned)}" + (f", {failed} not finished" if failed else "")
+        tail = (
+            f" | {rate:,.0f} tokens/s | elapsed {_duration(now - self.t0)}"
+            f" | ETA {'--' if eta is None else _duration(eta)}"
+        )
+        text = head + self._losses(compact=False) + tail
+        return text if len(text) <= self.MAX_WIDTH else head + self._losses(compact=True) + tail
+
+    def _pad(self, text: str) -> str:
+        self.width = max(self.width, len(text))
+        return "\r" + text.ljust(self.width)
 
     def say(self, text: str) -> None:
         """A line of its own, above the progress line."""
-        self.stream.write(("\r" + text.ljust(90) if self.tty else text) + "\n")
+        self.stream.write((self._pad(text) if self.tty else text) + "\n")
         self.stream.flush()
 
     def update(self, outcomes: dict[str, Outcome], final: bool = False) -> None:
-        now = time.time()
+        now = self.clock()
         if not final and now - self.last_print < self.interval:
             return
         self.last_print = now
         text = self.line(outcomes)
         if self.tty:
-            self.stream.write("\r" + text.ljust(90) + ("\n" if final else ""))
+            self.stream.write(self._pad(text) + ("\n" if final else ""))
         else:
             self.stream.write(text + "\n")
         self.stream.flush()

@@ -14,6 +14,7 @@ import torch
 
 from .config import RunConfig
 from .data.base import Source
+from .device import peak_flops
 from .model import GPT
 
 
@@ -21,6 +22,7 @@ def run_meta(cfg: RunConfig, model: GPT, source: Source, total_steps: int, devic
     """The content of ``meta.json``. FLOPs per token follow PaLM appendix B (Chowdhery et al. 2022):
     6N + 12 * n_layer * seq_len * d_model, N = non-embedding parameters."""
     pc = model.param_counts()
+    peak = peak_flops(device, cfg.train.precision, cfg.train.tf32)
     return {
         "params_total": pc.total,
         "params_embedding": pc.embedding,
@@ -43,5 +45,10 @@ def run_meta(cfg: RunConfig, model: GPT, source: Source, total_steps: int, devic
             # Which machine trained it (a Ray or Slurm worker may be any node); meta.json is not hashed
             # into the run id, so this never changes which run a config is.
             "host": socket.gethostname(),
+            # The arithmetic, and the peak the run's "mfu" rows divide by (None: no MFU reported).
+            "precision": cfg.train.precision,
+            "tf32": cfg.train.tf32 if device.type == "cuda" else None,
+            "peak_flops": peak[0],
+            "peak_flops_source": peak[1],
         },
     }

@@ -15,11 +15,12 @@ from __future__ import annotations
 
 import copy
 import itertools
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from . import config as C
+from .executors.options import ExecutorTable, parse_executor
 from .model import flops_per_token
 from .schedule import budget_steps, check_warmup
 
@@ -29,6 +30,10 @@ class Experiment:
     name: str
     file: str | None
     runs: list[C.RunConfig]
+    # The [executor] table (where the runs train; command-line flags override it) and the [log] table
+    # (metric mirrors to trackers): how the experiment is run and watched, not part of any run id.
+    executor: ExecutorTable = field(default_factory=ExecutorTable)
+    log: Any = None
 
 
 def _parse_axis(key: str, values: Any, file: str | None) -> tuple[list[str], list[tuple]]:
@@ -65,7 +70,7 @@ def _set_path(raw: dict, path: str, value: Any, file: str | None) -> None:
 
 def expand(raw: dict[str, Any], file: str | None = None) -> list[C.RunConfig]:
     """Run configs of an experiment dict (as read from TOML), validated, in sweep order."""
-    base = {k: v for k, v in raw.items() if k not in ("sweep", "name")}
+    base = {k: v for k, v in raw.items() if k not in C.EXPERIMENT_ONLY}
     sweep = raw.get("sweep", {})
     if not isinstance(sweep, dict):
         raise C.ConfigError(f"expected a table, got {sweep!r}", file=file, field="sweep")
@@ -129,4 +134,5 @@ def load_experiment(path: str | Path) -> Experiment:
     name = raw.get("name", Path(path).stem)
     if not isinstance(name, str):
         raise C.ConfigError(f"expected a string, got {name!r}", file=path, field="name")
-    return Experiment(name, str(path), expand(raw, str(path)))
+    executor = parse_executor(raw.get("executor"), str(path))
+    return Experiment(name, str(path), expand(raw, str(path)), executor)

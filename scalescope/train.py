@@ -38,7 +38,7 @@ from .checkpoint import (
 )
 from .data import build_source
 from .data.base import Batch, Source, fingerprint_of
-from .device import pick_device
+from .device import autocast, peak_flops, pick_device, set_matmul_precision
 from .errors import LockLost, ScalescopeError, StoreError
 from .model import GPT, flops_per_token
 from .optim import make_optimizer
@@ -148,16 +148,18 @@ def split_micro(batch: Batch, micro: int) -> list[Batch]:
 
 
 def accumulate_gradients(
-    model: GPT, batch: Batch, micro: int, device: torch.device, grad_clip: float
+    model: GPT, batch: Batch, micro: int, device: torch.device, grad_clip: float, precision: str = "fp32"
 ) -> tuple[float, float]:
     """Forward and backward over the micro-batches of ``batch`` (gradients averaged over the whole
     batch), then clip. Returns (mean loss, gradient norm before clipping). The optimizer step is the
-    caller's, so it can first check for divergence."""
+    caller's, so it can first check for divergence. ``precision`` "bf16" runs the forward pass under
+    bfloat16 autocast (the backward follows it; gradients land in the float32 weights)."""
     parts = split_micro(batch, micro)
     losses = []
     for mb in parts:
         mb = mb.to(device)
-        loss = model.loss(mb.inputs, mb.targets, mb.loss_mask)
+        with autocast(device, precision):
+            loss = model.loss(mb.inputs, mb.targets, mb.loss_mask)
         (loss / len(parts)).backward()
         losses.append(loss.detach())
     clip = grad_clip if grad_clip > 0 else float("inf")
@@ -169,15 +171,37 @@ def accumulate_gradients(
 @torch.no_grad()
 def evaluate(model: GPT, source: Source, cfg: C.RunConfig, device: torch.device) -> float:
     """Mean validation loss over ``eval_batches`` fixed validation batches."""
+    return evaluate_with_bytes(model, source, cfg, device)[0]
+
+
+@torch.no_grad()
+def evaluate_with_bytes(
+    model: GPT, source: Source, cfg: C.RunConfig, device: torch.device
+) -> tuple[float, float | None]:
+    """(mean validation loss over ``eval_batches`` fixed validation batches, bits per byte of the same
+    targets or None). Bits per byte, for sources that know the bytes of text each token stands for
+    (``token_bytes()``: text corpora), is the summed loss in nats over the summed bytes of the target tokens,
+    divided by ln 2: comparable across tokenizers, unlike a loss per token (as in Gao et al. 2020, The Pile)."""
     was_training = model.training
     model.eval()
     bs = cfg.train.micro_batch_size or cfg.train.batch_size
-    total = 0.0
+    token_bytes = source.token_bytes() if hasattr(source, "token_bytes") else None
+    total, nats, n_bytes = 0.0, 0.0, 0
     for i in range(cfg.train.eval_batches):
-        b = source.batch("val", i, bs, cfg.model.seq_len).to(device)
-        total += float(model.loss(b.inputs, b.targets, b.loss_mask))
+        b = source.batch("val", i, bs, cfg.model.seq_len)
+        with autocast(device, cfg.train.precision):
+            loss = float(
+                model.loss(
+                    b.inputs.to(device), b.targets.to(device), None if b.loss_mask is None else b.loss_mask.to(device)
+                )
+            )
+        total += loss
+        if token_bytes is not None and b.loss_mask is None:
+            nats += loss * b.targets.numel()
+            n_bytes += int(token_bytes[b.targets.numpy()].sum())
     model.train(was_training)
-    return total / cfg.train.eval_batches
+    bpb = nats / n_bytes / math.log(2) if n_bytes else None
+    return total / cfg.train.eval_batches, bpb
 
 
 META_MISSING = "meta.json is missing or unreadable"
@@ -276,6 +300,7 @@ def _train(
         torch.set_num_threads(threads)
     device = pick_device(cfg.train.device)
     tc = cfg.train
+    set_matmul_precision(device, tc.tf32)
     source = build_source(cfg.data, seed=cfg.seed)
     source.prepare(cache_dir)
     # What the data is now (a corpus's content hash, read from disk): it must be what the run was
@@ -297,6 +322,7 @@ def _train(
 
     fpt = model.flops_per_token()
     total = budget_steps(cfg, fpt)
+    peak, _ = peak_flops(device, tc.precision, tc.tf32)
     tokens_per_step = tc.batch_size * cfg.model.seq_len
     micro = tc.micro_batch_size or tc.batch_size
 
@@ -386,15 +412,19 @@ def _train(
         if is_eval_step(step, tc.eval_every, total) and step > last_eval:
             wall += time.perf_counter() - t_wall
             t_wall = time.perf_counter()
-            val = evaluate(model, source, cfg, device)
+            val, bpb = evaluate_with_bytes(model, source, cfg, device)
             if ref_loss is None:
                 ref_loss = val
             rows = [row("val_loss", val), row("lr", lr_at(min(step, total - 1), tc, total))]
+            if bpb is not None:
+                rows.append(row("val_bpb", bpb))
             if loss_n:
                 rows.append(row("train_loss", loss_sum / loss_n))
                 rows.append(row("grad_norm", gnorm_last))
             if train_time_since > 0:
                 rows.append(row("tokens_per_s", tokens_since / train_time_since))
+                if peak:  # model FLOPs utilization against the GPU's data-sheet peak (device.peak_flops)
+                    rows.append(row("mfu", tokens_since / train_time_since * fpt / peak))
             rows += _run_instruments(probes, n_evals, model, opt, source, cfg, device, step, total, rd, row)
             own()
             rd.append_metrics(rows)
@@ -418,7 +448,7 @@ def _train(
         for g in opt.param_groups:
             g["lr"] = lr
         batch = source.batch("train", step, tc.batch_size, cfg.model.seq_len)
-        step_loss, gnorm_last = accumulate_gradients(model, batch, micro, device, tc.grad_clip)
+        step_loss, gnorm_last = accumulate_gradients(model, batch, micro, device, tc.grad_clip, tc.precision)
         if not (math.isfinite(step_loss) and math.isfinite(gnorm_last)) or (
             ref_loss is not None and step_loss > tc.diverge_factor * ref_loss
         ):
@@ -436,6 +466,14 @@ def _train(
         dt = time.perf_counter() - t0
         train_time_since += dt
         tokens_since += tokens_per_step
+        if tc.log_every and step % tc.log_every == 0 and not is_eval_step(step, tc.eval_every, total):
+            # Between evaluations: the mean training loss since the last row (the evaluation step writes its
+            # own). Not checkpointed separately: the accumulators it resets are in the checkpoint.
+            wall += time.perf_counter() - t_wall
+            t_wall = time.perf_counter()
+            own()
+            rd.append_metrics([row("train_loss", loss_sum / loss_n), row("grad_norm", gnorm_last)])
+            loss_sum, loss_n = 0.0, 0
         if step % tc.checkpoint_every == 0 and not is_eval_step(step, tc.eval_every, total):
             wall += time.perf_counter() - t_wall
             t_wall = time.perf_counter()

@@ -23,7 +23,7 @@ from scalescope.store import Store
 from scalescope.sweep import load_experiment
 from scalescope.train import Outcome
 
-from .conftest import ROOT, TINY
+from .conftest import ROOT, TINY, cli_cmd
 from .test_resume import deterministic_rows
 
 ray = pytest.importorskip("ray", reason="Ray is not installed (pip install 'scalescope[ray]')")
@@ -162,3 +162,27 @@ def test_unreachable_address_is_one_clear_error(tmp_path):
     assert msg.startswith("--ray-address: no Ray cluster answers at 127.0.0.1:")
     assert time.time() - t < 10  # not Ray's own minute of reconnect attempts
     assert not ray.is_initialized()
+
+
+def test_a_run_no_node_can_hold_is_refused_rather_than_left_pending(cluster, exp_path, tmp_path):
+    # Ray keeps a task whose resources no node has pending forever: the sweep would hang without a word.
+    # The nodes here have 1 CPU and no GPU each.
+    for kwargs, field in (
+        ({"num_gpus_per_run": 1}, "executor.gpus_per_run"),
+        ({"threads_per_run": 2}, "executor.threads"),
+    ):
+        with pytest.raises(ConfigError) as err:
+            make_ray_executor(cluster.address, **kwargs)
+        assert str(err.value).startswith(f"{field}: each run asks for"), str(err.value)
+        assert "\n" not in str(err.value)
+    # And from the experiment's [executor] table through the CLI: the file and key named, no store written.
+    exp = tmp_path / "gpu.toml"
+    exp.write_text(exp_path.read_text() + '\n[executor]\nkind = "ray"\ngpus_per_run = 1\n')
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    r = subprocess.run(
+        cli_cmd("run", str(exp), "--store", str(tmp_path / "s"), "--ray-address", cluster.address),
+        env=env, cwd=ROOT, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert r.returncode == 2, r.stderr
+    assert f"{exp}: executor.gpus_per_run: each run asks for 1 GPU(s)" in r.stderr
+    assert not (tmp_path / "s").exists()

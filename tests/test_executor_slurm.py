@@ -170,11 +170,11 @@ def test_two_arrays_over_one_store_train_each_run_exactly_once(exp_path, referen
         ({"cluster": "local", "mem_gb": 0}, "executor.mem_gb: expected a positive number of GB, got 0"),
         (
             {"cluster": "local", "sbatch_options": {"partiton": "gpu"}},
-            "executor.sbatch.partiton: sbatch has no option --partiton (did you mean --partition?)",
+            "executor.sbatch_options.partiton: sbatch has no option --partiton (did you mean --partition?)",
         ),
         (
             {"cluster": "local", "sbatch_options": {"time": "1:00:00"}},
-            "executor.sbatch.time: sbatch option --time cannot be given here: use executor.time_min instead",
+            "executor.sbatch_options.time: sbatch option --time cannot be given here: use executor.time_min instead",
         ),
     ],
 )

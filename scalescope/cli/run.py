@@ -63,9 +63,16 @@ def add_executor(p: argparse.ArgumentParser) -> None:
     g.add_argument(
         "--executor",
         choices=("local", "ray", "slurm"),
-        default="local",
-        help="where runs train: local processes, a Ray cluster (pip install 'scalescope[ray]') or Slurm jobs "
-        "through submitit (pip install 'scalescope[slurm]')",
+        default=None,
+        help="where runs train: local processes (default), a Ray cluster (pip install 'scalescope[ray]') or "
+        "Slurm jobs through submitit (pip install 'scalescope[slurm]'); default: the experiment's [executor] "
+        "table, whose fields the flags below override",
+    )
+    g.add_argument(
+        "--runs-per-gpu",
+        type=int,
+        default=None,
+        help="local executor with GPUs: runs sharing each GPU, one process each (default 1)",
     )
     g.add_argument(
         "--ray-address",
@@ -101,22 +108,55 @@ def add_executor(p: argparse.ArgumentParser) -> None:
     )
 
 
-def make_executor(args: argparse.Namespace, store: Any) -> Any:
-    """The executor ``args`` ask for, or None for the local one (``run_experiment`` makes it). Built before
-    any run directory is written, so an unreachable Ray head or a bad Slurm option leaves nothing behind."""
-    from ..executors import make_ray_executor, make_slurm_executor
+def make_executor(args: argparse.Namespace, store: Any, table: Any = None) -> Any:
+    """The executor that ``args`` and the experiment's ``[executor]`` table (``table``, an
+    :class:`~scalescope.executors.options.ExecutorTable`; flags win field by field) ask for. Built before any
+    run directory is written, so an unreachable Ray head, a bad Slurm option or GPUs this machine lacks leave
+    nothing behind."""
+    from ..executors import LocalExecutor, make_ray_executor, make_slurm_executor
+    from ..executors.local import cuda_device_count
+    from ..executors.options import ExecutorTable
 
-    if args.executor != "ray" and args.ray_address is not None:
+    table = table or ExecutorTable()
+    kind = args.executor or table.kind
+    if args.executor and table.kind != args.executor and table.options:
+        print(
+            f"note: {table.file}: the [executor] table (kind {table.kind!r}) is set aside for --executor "
+            f"{args.executor}",
+            file=sys.stderr,
+        )
+    opts = dict(table.options) if kind == table.kind else {}
+
+    def flag_error(err: ConfigError, flags: dict[str, str]) -> ConfigError:
+        """An executor's error named as the user gave the value: a flag, or the table's key in its file."""
+        name = (err.field or "").removeprefix("executor.").split(".")[0]
+        if name in flags and getattr(args, flags[name][2:].replace("-", "_"), None) not in (None, []):
+            return ConfigError(err.message, field=flags[name])
+        return ConfigError(err.message, file=table.file if name in opts else None, field=err.field)
+
+    if kind != "ray" and args.ray_address is not None:
         raise ConfigError("only applies with --executor ray", field="--ray-address")
     # Every Slurm option defaults to None (the executor's own default applies), so "given" needs no copy of them.
     given = {name: getattr(args, flag[2:].replace("-", "_")) for name, flag in SLURM_FLAGS.items()}
     given = {k: v for k, v in given.items() if v not in (None, [])}
-    if args.executor != "slurm" and given:
+    if kind != "slurm" and given:
         raise ConfigError("only applies with --executor slurm", field=SLURM_FLAGS[next(iter(given))])
-    if args.executor == "ray":
-        return make_ray_executor(args.ray_address, threads_per_run=args.threads or 1)
-    if args.executor == "slurm":
-        options = dict(given)
+    if kind != "local" and args.runs_per_gpu is not None:
+        raise ConfigError("only applies with the local executor", field="--runs-per-gpu")
+    if kind == "ray":
+        address = args.ray_address or opts.get("address")
+        threads = args.threads or opts.get("threads") or 1
+        try:
+            return make_ray_executor(
+                address,
+                threads_per_run=threads,
+                num_gpus_per_run=opts.get("gpus_per_run", 0),
+                max_retries=opts.get("max_retries", 3),
+            )
+        except ConfigError as err:
+            raise flag_error(err, {"address": "--ray-address", "threads": "--threads"}) from None
+    if kind == "slurm":
+        options = {**opts, **given}
         if args.slurm_sbatch:
             options["sbatch_options"] = {
                 key.strip(): value.strip() if eq else True
@@ -125,11 +165,19 @@ def make_executor(args: argparse.Namespace, store: Any) -> Any:
         try:
             return make_slurm_executor(store.path / "slurm", **options)
         except ConfigError as err:
-            name = (err.field or "").removeprefix("executor.").split(".")[0]
-            if name in SLURM_FLAGS:
-                raise ConfigError(err.message, field=SLURM_FLAGS[name]) from None
-            raise
-    return None
+            raise flag_error(err, SLURM_FLAGS) from None
+    runs_per_gpu = args.runs_per_gpu or opts.get("runs_per_gpu")
+    gpus = cuda_device_count()
+    if runs_per_gpu and not gpus:
+        where = ("--runs-per-gpu", None) if args.runs_per_gpu else ("executor.runs_per_gpu", table.file)
+        raise ConfigError(
+            "no CUDA GPU on this machine (torch.cuda.is_available() is false)", file=where[1], field=where[0]
+        )
+    workers = args.workers or opts.get("workers")
+    threads = args.threads or opts.get("threads")
+    if not (runs_per_gpu or gpus or "workers" in opts or "threads" in opts):
+        return None  # the plain local executor, made by run_experiment from --workers and --threads
+    return LocalExecutor(workers, threads, gpus=gpus, runs_per_gpu=runs_per_gpu or 1)
 
 
 def add_workers(p: argparse.ArgumentParser) -> None:
@@ -152,10 +200,10 @@ def cmd_run(args: argparse.Namespace) -> int:
     from ..store import Store
     from ..sweep import load_experiment
 
-    check_positive(args, "workers", "threads")
+    check_positive(args, "workers", "threads", "runs_per_gpu")
     exp = load_experiment(resolve_experiment(args.experiment))
     store = Store(args.store)
-    executor = make_executor(args, store)
+    executor = make_executor(args, store, exp.executor)
     try:
         return run_and_summarize(
             exp,
@@ -182,12 +230,15 @@ def run_and_summarize(
 ) -> int:
     """Check the plan against the machine (time and memory; :mod:`scalescope.preflight`), then run the
     experiment with a progress line, then one summary line (and one line per run that did not end)."""
+    from ..executors import LocalExecutor
     from ..lab import run_experiment
     from ..preflight import check_experiment
 
-    # Before any run directory exists: a refusal (ConfigError) leaves nothing behind.
-    for line in check_experiment(exp, assume_yes=assume_yes, store=store if store.path.exists() else None):
-        print(line, file=sys.stderr)
+    # Before any run directory exists: a refusal (ConfigError) leaves nothing behind. Only for runs that train
+    # here: this machine's memory, speed and GPUs say nothing about a Ray or Slurm node's.
+    if executor is None or isinstance(executor, LocalExecutor):
+        for line in check_experiment(exp, assume_yes=assume_yes, store=store if store.path.exists() else None):
+            print(line, file=sys.stderr)
 
     def header(planned: list[Any]) -> None:
         n, done = len(planned), sum(p.done for p in planned)

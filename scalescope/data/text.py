@@ -219,6 +219,20 @@ class TextSource:
         self.n_val = int(self.tokens.size * self.val_fraction)
         self.n_train = self.tokens.size - self.n_val
 
+    def token_bytes(self) -> np.ndarray:
+        """Bytes of text each token id stands for (int64, one per id): what turns a loss per token into bits
+        per byte. 1 for every byte token; for byte-level BPE every character of a token's string is one byte
+        (GPT-2's byte-to-unicode alphabet), so its length is the byte count of the UTF-8 text it encodes."""
+        if self.tokens is None:
+            raise RuntimeError("call prepare(cache_dir) first")
+        tj = self.meta["tokenizer_json"]
+        if tj is None:
+            return np.ones(256, dtype=np.int64)
+        out = np.zeros(int(self.meta["vocab_size"]), dtype=np.int64)
+        for token, i in tj["model"]["vocab"].items():
+            out[int(i)] = len(token)
+        return out
+
     def tokenizer_object(self):  # -> tokenizers.Tokenizer (imported lazily)
         """The trained BPE tokenizer (for decoding samples); None for bytes."""
         if self.tokens is None:

@@ -11,7 +11,7 @@ from collections.abc import Callable
 from concurrent.futures import Future
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 from ..config import RunConfig
 from ..rundir import RunDir, is_unwritable
@@ -29,6 +29,13 @@ class RunSpec:
     run_dir: str
     cache_dir: str
     threads: int | None = None
+    # Which of the machine's GPUs the run trains on (an index into the GPUs this process sees); set by the
+    # local executor when several runs share the GPUs (runs_per_gpu). None: the device train.device picks.
+    gpu: int | None = None
+    # The experiment's [log] table (scalescope.trackers.LogConfig): metric mirrors to TensorBoard, MLflow,
+    # W&B. Observation only: not part of the run's identity. None: no mirrors.
+    log: Any = None
+    experiment: str = ""
 
 
 class Executor(Protocol):

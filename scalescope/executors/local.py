@@ -21,6 +21,7 @@ import os
 import threading
 import time
 from concurrent.futures import Future
+from dataclasses import replace
 from multiprocessing.connection import Connection
 from pathlib import Path
 
@@ -44,6 +45,8 @@ def _die_with_parent() -> None:
 
 def _worker_main(spec: RunSpec, conn: Connection) -> None:
     _die_with_parent()
+    if spec.gpu is not None:  # before anything touches CUDA (it initialises lazily): this run sees one GPU
+        os.environ["CUDA_VISIBLE_DEVICES"] = visible_gpu(spec.gpu)
     out = execute(spec)
     if out.error and len(out.error) > 4000:  # an outcome must fit the pipe's buffer (64 KiB on Linux)
         out.error = out.error[:4000] + " ..."
@@ -51,13 +54,49 @@ def _worker_main(spec: RunSpec, conn: Connection) -> None:
     conn.close()
 
 
-def default_workers() -> int:
+def visible_gpu(index: int) -> str:
+    """The ``CUDA_VISIBLE_DEVICES`` entry of the ``index``-th GPU this process sees (the driver may itself
+    have been limited to some GPUs: ``CUDA_VISIBLE_DEVICES=2,3`` makes index 0 GPU 2)."""
+    seen = [g.strip() for g in os.environ.get("CUDA_VISIBLE_DEVICES", "").split(",") if g.strip()]
+    return seen[index] if index < len(seen) else str(index)
+
+
+def default_workers(gpus: int = 0, runs_per_gpu: int = 1) -> int:
+    """One run per core on the CPU; ``runs_per_gpu`` runs per GPU when there are GPUs."""
+    if gpus:
+        return gpus * runs_per_gpu
     return max(1, os.cpu_count() or 1)
 
 
+def cuda_device_count() -> int:
+    """GPUs this process could use; 0 without CUDA. ``device_count`` does not create a CUDA context, so the
+    driver stays free of one (its workers are fresh spawned processes anyway)."""
+    import torch
+
+    return torch.cuda.device_count() if torch.cuda.is_available() else 0
+
+
+def least_loaded_gpu(gpus: int, busy: list[int | None]) -> int:
+    """The GPU with the fewest running runs (the lowest index among equals), for the next run to start."""
+    return min(range(gpus), key=lambda g: (busy.count(g), g))
+
+
 class LocalExecutor:
-    def __init__(self, workers: int | None = None, threads_per_worker: int | None = None):
-        self.workers = max(1, workers or default_workers())
+    """One process per run, at most ``workers`` at once. With GPUs (``gpus``, default: all CUDA devices),
+    each run that may use CUDA (``train.device`` auto or cuda) gets the least busy one, ``runs_per_gpu`` at
+    most at a time by default: small models leave most of a GPU idle, and several processes fill it where
+    one cannot (separate CUDA contexts, so the runs stay independent and bitwise reproducible)."""
+
+    def __init__(
+        self,
+        workers: int | None = None,
+        threads_per_worker: int | None = None,
+        *,
+        gpus: int | None = None,
+        runs_per_gpu: int = 1,
+    ):
+        self.gpus = cuda_device_count() if gpus is None else gpus
+        self.workers = max(1, workers or default_workers(self.gpus, runs_per_gpu))
         cores = os.cpu_count() or 1
         self.threads = threads_per_worker or max(1, cores // self.workers)
         self._ctx = mp.get_context("spawn")  # fork after torch has started threads is unsafe
@@ -71,7 +110,7 @@ class LocalExecutor:
 
     def submit(self, spec: RunSpec) -> Future[Outcome]:
         if spec.threads is None:
-            spec = RunSpec(spec.config, spec.run_dir, spec.cache_dir, self.threads)
+            spec = replace(spec, threads=self.threads)
         fut: Future[Outcome] = Future()
         with self._lock:
             if self.error is not None:
@@ -123,6 +162,8 @@ class LocalExecutor:
                         Outcome(RunDir(Path(spec.run_dir)).id, ELSEWHERE, error=f"running elsewhere ({held})")
                     )
                     continue
+                if self.gpus and spec.gpu is None and spec.config.train.device != "cpu":
+                    spec = replace(spec, gpu=least_loaded_gpu(self.gpus, [s.gpu for _, _, s, _ in self._running]))
                 recv, send = self._ctx.Pipe(duplex=False)
                 proc = self._ctx.Process(target=_worker_main, args=(spec, send), daemon=False)
                 proc.start()

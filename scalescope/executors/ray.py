@@ -127,6 +127,27 @@ def _disconnect() -> None:
             ray.shutdown()
 
 
+def _check_fits(threads: int, gpus: float) -> None:
+    """Raise a one-line ConfigError when no node of the cluster has the CPUs (threads) or GPUs one run asks
+    for: Ray would keep such a task pending forever, and the sweep would hang without a word. (A cluster
+    that autoscales would add the node later; scalescope assumes a fixed cluster.)"""
+    nodes = [n.get("Resources", {}) for n in ray.nodes() if n.get("Alive")]
+    if gpus > 0 and not any(r.get("GPU", 0) >= gpus for r in nodes):
+        most = max((r.get("GPU", 0) for r in nodes), default=0)
+        raise ConfigError(
+            f"each run asks for {gpus:g} GPU(s) but no node of the Ray cluster has that many (most on one node: "
+            f"{most:g})",
+            field="executor.gpus_per_run",
+        )
+    if not any(r.get("CPU", 0) >= threads for r in nodes):
+        most = max((r.get("CPU", 0) for r in nodes), default=0)
+        raise ConfigError(
+            f"each run asks for {threads} CPUs but no node of the Ray cluster has that many (most on one node: "
+            f"{most:g})",
+            field="executor.threads",
+        )
+
+
 class RayExecutor:
     """``submit(spec) -> Future[Outcome]`` on Ray. ``address``: a Ray head (``host:port``, ``auto``,
     ``ray://...``), else ``RAY_ADDRESS``, else a local Ray started here and stopped by :meth:`shutdown`."""
@@ -147,6 +168,12 @@ class RayExecutor:
         self.gpus = num_gpus_per_run
         self.max_retries = max_retries
         self._owned = _connect(self.address)
+        try:
+            _check_fits(self.threads, self.gpus)
+        except ConfigError:
+            if self._owned:
+                _disconnect()
+            raise
         self._closed = False
         self._lock = threading.Lock()
         self._pending: dict[Any, Future[Outcome]] = {}  # ObjectRef -> our future, until it resolves

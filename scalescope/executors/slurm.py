@@ -154,10 +154,12 @@ def check_options(
         raise ConfigError(f"expected a positive number of GB, got {mem_gb!r}", field="executor.mem_gb")
     extra: list[tuple[str, Any]] = []
     if sbatch_options is not None and not isinstance(sbatch_options, dict):
-        raise ConfigError(f"expected a table of sbatch options, got {sbatch_options!r}", field="executor.sbatch")
+        raise ConfigError(
+            f"expected a table of sbatch options, got {sbatch_options!r}", field="executor.sbatch_options"
+        )
     for key, value in (sbatch_options or {}).items():
         name = str(key).lstrip("-").replace("_", "-")
-        where = f"executor.sbatch.{key}"
+        where = f"executor.sbatch_options.{key}"
         if name in RESERVED:
             own = RESERVED[name]
             why = f"use executor.{own} instead" if own else "submitit sets it itself"
