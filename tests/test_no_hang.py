@@ -268,3 +268,21 @@ def test_a_real_full_filesystem_mid_run_ends_the_sweep(tiny_toml, tmp_path):
         assert "No space left on device" in err and "Traceback" not in err
     finally:
         subprocess.run(["umount", "-l", str(mnt)], capture_output=True)
+
+
+@pytest.mark.skipif(not hasattr(os, "geteuid") or os.geteuid() != 0, reason="mounting a tmpfs needs root")
+def test_a_store_on_a_read_only_filesystem_is_one_line_before_anything_starts(tiny_toml, tmp_path):
+    # As root, chmod cannot make a directory unwritable: a read-only mount is the real case.
+    mnt = tmp_path / "ro"
+    mnt.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m,ro", "tmpfs", str(mnt)], capture_output=True).returncode:
+        pytest.skip("cannot mount a tmpfs here")
+    try:
+        r = subprocess.run(
+            cli_cmd("run", str(tiny_toml()), "--store", str(mnt / "store"), "--quiet"),
+            env=ENV, cwd=ROOT, capture_output=True, text=True, timeout=120,
+        )  # fmt: skip
+        assert r.returncode == 2
+        assert r.stderr.strip() == f"error: {mnt / 'store'}: store is not writable (Read-only file system)"
+    finally:
+        subprocess.run(["umount", "-l", str(mnt)], capture_output=True)
