@@ -283,7 +283,12 @@ def run_experiment(
         # Threads per run follow the requested worker count, not how many runs remain: a resumed run then
         # gets the thread count it started with, which bitwise-exact resume on CPU needs.
         executor = LocalExecutor(workers=workers, threads_per_worker=threads)
-    specs = {p.run_id: RunSpec(p.cfg, str(store.run_dir(p.run_id).path), str(store.cache_dir)) for p in todo}
+    specs = {
+        p.run_id: RunSpec(
+            p.cfg, str(store.run_dir(p.run_id).path), str(store.cache_dir), log=exp.log, experiment=exp.name
+        )
+        for p in todo
+    }
     futures = {rid: executor.submit(spec) for rid, spec in specs.items()}
     waiting: dict[str, float] = {}  # runs another worker holds -> when we last looked at them
     told: set[str] = set()

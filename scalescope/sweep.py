@@ -23,6 +23,7 @@ from . import config as C
 from .executors.options import ExecutorTable, parse_executor
 from .model import flops_per_token
 from .schedule import budget_steps, check_warmup
+from .trackers import LogConfig, parse_log
 
 
 @dataclass
@@ -33,7 +34,7 @@ class Experiment:
     # The [executor] table (where the runs train; command-line flags override it) and the [log] table
     # (metric mirrors to trackers): how the experiment is run and watched, not part of any run id.
     executor: ExecutorTable = field(default_factory=ExecutorTable)
-    log: Any = None
+    log: LogConfig = field(default_factory=LogConfig)
 
 
 def _parse_axis(key: str, values: Any, file: str | None) -> tuple[list[str], list[tuple]]:
@@ -135,4 +136,5 @@ def load_experiment(path: str | Path) -> Experiment:
     if not isinstance(name, str):
         raise C.ConfigError(f"expected a string, got {name!r}", file=path, field="name")
     executor = parse_executor(raw.get("executor"), str(path))
-    return Experiment(name, str(path), expand(raw, str(path)), executor)
+    log = parse_log(raw.get("log"), str(path))
+    return Experiment(name, str(path), expand(raw, str(path)), executor, log)

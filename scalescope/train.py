@@ -45,6 +45,7 @@ from .optim import make_optimizer
 from .rundir import DONE_STATES, RunDir, is_unwritable
 from .runmeta import run_meta
 from .schedule import budget_steps, is_eval_step, lr_at
+from .trackers import LogConfig, Mirror, open_trackers
 
 
 @dataclass
@@ -240,13 +241,33 @@ def train(
     cache_dir: str | Path | None = None,
     threads: int | None = None,
     guard: Callable[[], None] | None = None,
+    log: LogConfig | None = None,
+    experiment: str = "",
 ) -> Outcome:
     """Train (or resume, or skip) the run described by ``cfg`` in ``run_dir``. Never raises for a run
     that fails: the failure is recorded in the run's status and returned. ``guard`` (the worker's
     ``RunLock.confirm``) is called before each group of writes and raises
     :class:`~scalescope.errors.LockLost` when the run is no longer this worker's: then nothing more is
-    written, not even a failed status (the directory has another owner)."""
-    rd = RunDir(Path(run_dir))
+    written, not even a failed status (the directory has another owner). ``log``: the experiment's
+    ``[log]`` table, mirrors of the metrics in trackers (:mod:`scalescope.trackers`), named after
+    ``experiment``; they only observe, and never fail the run."""
+    mirrors: list[Mirror] = []
+    out = _train_or_record(cfg, RunDir(Path(run_dir)), cache_dir, threads, guard, log, experiment, mirrors)
+    for m in mirrors:
+        m.close(out.status if out.status in ("finished", "diverged") else "failed")
+    return out
+
+
+def _train_or_record(
+    cfg: C.RunConfig,
+    rd: RunDir,
+    cache_dir: str | Path | None,
+    threads: int | None,
+    guard: Callable[[], None] | None,
+    log: LogConfig | None,
+    experiment: str,
+    mirrors: list[Mirror],
+) -> Outcome:
     rid = rd.id
     warnings: list[str] = []
     done, problem = done_outcome(cfg, rd)
@@ -269,10 +290,12 @@ def train(
                 return done
         if problem is not None:
             _warn(rd, warnings, f"status says finished but {problem}: resuming the run")
-        return _train(cfg, rd, cache, threads, warnings, guard)
+        mirror = _MirrorOpener(log, experiment, mirrors)
+        return _train(cfg, rd, cache, threads, warnings, guard, mirror)
     except KeyboardInterrupt:
         raise
-    except LockLost as e:  # the run has another owner now: write nothing more
+    except LockLost as e:  # the run has another owner now: write nothing more (its mirrors are theirs too)
+        mirrors.clear()
         return Outcome(rid, "failed", error=str(e))
     except Exception as e:  # one run's crash must not take the sweep down: record it and move on
         # Our own errors are one line that names the file; anything else keeps its type for the log.
@@ -291,6 +314,7 @@ def _train(
     threads: int | None,
     warnings: list[str],
     guard: Callable[[], None] | None = None,
+    open_mirror: _MirrorOpener | None = None,
 ) -> Outcome:
     def own() -> None:  # still this worker's run? (raises LockLost otherwise; see train)
         if guard is not None:
@@ -368,7 +392,15 @@ def _train(
     else:
         rd.truncate_metrics(0)
         rd.write_meta(run_meta(cfg, model, source, total, device))
+    mirror = open_mirror(cfg, rd, state.step if state is not None else None) if open_mirror else None
+    if mirror is not None:
+        warnings.extend(mirror.warnings)  # a tracker that could not open: said on stderr and in the status
     extra: dict[str, Any] = {"warnings": warnings} if warnings else {}
+
+    def append(rows: list[dict[str, Any]]) -> None:
+        rd.append_metrics(rows)
+        if mirror is not None:
+            mirror.log(rows)
 
     def checkpoint() -> None:
         save_checkpoint(
@@ -427,7 +459,7 @@ def _train(
                     rows.append(row("mfu", tokens_since / train_time_since * fpt / peak))
             rows += _run_instruments(probes, n_evals, model, opt, source, cfg, device, step, total, rd, row)
             own()
-            rd.append_metrics(rows)
+            append(rows)
             loss_sum, loss_n, train_time_since, tokens_since = 0.0, 0, 0.0, 0
             last_eval, n_evals = step, n_evals + 1
             if tc.keep_weights:
@@ -455,7 +487,7 @@ def _train(
             step += 1
             wall += time.perf_counter() - t_wall
             own()
-            rd.append_metrics([row("train_loss", step_loss), row("grad_norm", gnorm_last)])
+            append([row("train_loss", step_loss), row("grad_norm", gnorm_last)])
             why = f"train loss {step_loss:.4g}, grad norm {gnorm_last:.4g}"
             return _diverged(rd, step, tokens_per_step, why, extra)
         opt.step()
@@ -472,7 +504,7 @@ def _train(
             wall += time.perf_counter() - t_wall
             t_wall = time.perf_counter()
             own()
-            rd.append_metrics([row("train_loss", loss_sum / loss_n), row("grad_norm", gnorm_last)])
+            append([row("train_loss", loss_sum / loss_n), row("grad_norm", gnorm_last)])
             loss_sum, loss_n = 0.0, 0
         if step % tc.checkpoint_every == 0 and not is_eval_step(step, tc.eval_every, total):
             wall += time.perf_counter() - t_wall
@@ -499,6 +531,23 @@ def _train(
         **extra,
     )
     return Outcome(rd.id, "finished", step, val, flags=flags)
+
+
+class _MirrorOpener:
+    """Opens the run's tracker mirrors once the resume point is known (``start_step``: the checkpoint's step,
+    None from step 0) and hands them to :func:`train`, which closes them with the run's outcome."""
+
+    def __init__(self, log: LogConfig | None, experiment: str, mirrors: list[Mirror]):
+        self.log, self.experiment, self.mirrors = log, experiment, mirrors
+
+    def __call__(self, cfg: C.RunConfig, rd: RunDir, start_step: int | None) -> Mirror | None:
+        if self.log is None or not self.log.any():
+            return None
+        m = open_trackers(
+            self.log, rd.path, rd.id, C.to_dict(cfg), experiment=self.experiment or rd.id, start_step=start_step
+        )
+        self.mirrors.append(m)
+        return m
 
 
 def _diverged(rd: RunDir, step: int, tokens_per_step: int, why: str, extra: dict[str, Any]) -> Outcome:

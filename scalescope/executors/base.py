@@ -75,7 +75,15 @@ def execute(spec: RunSpec) -> Outcome:
 
 def _train(spec: RunSpec, rd: RunDir, guard: Callable[[], None]) -> Outcome:
     try:
-        return train(spec.config, spec.run_dir, cache_dir=spec.cache_dir, threads=spec.threads, guard=guard)
+        return train(
+            spec.config,
+            spec.run_dir,
+            cache_dir=spec.cache_dir,
+            threads=spec.threads,
+            guard=guard,
+            log=spec.log,
+            experiment=spec.experiment,
+        )
     except Exception as e:  # train() records every failure; this one it could not write
         cause = e.__context__
         what = f"{type(cause).__name__}: {cause}" if cause is not None else "the run failed"
