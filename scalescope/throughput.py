@@ -17,6 +17,7 @@ from torch import nn
 
 from .config import ModelConfig, TrainConfig
 from .data.base import Batch
+from .device import autocast, peak_flops, pick_device, set_matmul_precision
 from .model import GPT, matmul_flops_per_token, param_counts
 from .optim import make_optimizer
 from .train import accumulate_gradients
@@ -89,14 +90,15 @@ def bench_train(
     device: str = "auto",
     fused: bool | None = None,
     compile: bool = False,
+    precision: str = "fp32",
+    tf32: bool = True,
 ) -> dict[str, Any]:
     """Median step time of scalescope's step and of the reference, interleaved over ``repeats`` rounds
     of ``steps`` steps (after warmup), plus the matmul rate. FLOP/s counts the matmul FLOPs really done
     (6N + 12 L T d + the unembedding, see :func:`scalescope.model.matmul_flops_per_token`)."""
     torch.set_num_threads(threads)
-    dev = torch.device(
-        "cuda" if device == "auto" and torch.cuda.is_available() else ("cpu" if device == "auto" else device)
-    )
+    dev = pick_device(device)
+    set_matmul_precision(dev, tf32)
     torch.manual_seed(0)
     mcfg = ModelConfig(n_layer=n_layer, d_model=d_model, n_head=n_head, seq_len=seq_len)
     tcfg = TrainConfig(batch_size=batch)
@@ -116,14 +118,15 @@ def bench_train(
 
     def run_ours(n):
         for i in range(n):
-            accumulate_gradients(ours, batches[i], batch, dev, 1.0)
+            accumulate_gradients(ours, batches[i], batch, dev, 1.0, precision)
             opt.step()
             opt.zero_grad(set_to_none=True)
 
     def run_ref(n):
         for i in range(n):
             b = batches[i].to(dev)
-            loss = ref(b.inputs, b.targets)
+            with autocast(dev, precision):
+                loss = ref(b.inputs, b.targets)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(ref.parameters(), 1.0)
             ref_opt.step()
@@ -146,11 +149,16 @@ def bench_train(
     tps = tokens_per_step / statistics.median(t_ours)
     ref_tps = tokens_per_step / statistics.median(t_ref)
     mm = matmul_flops_per_s(device=dev.type)
+    peak, peak_source = peak_flops(dev, precision, tf32)
     return {
         "tokens_per_s": tps,
         "flops_per_s": tps * fpt,
         "matmul_flops_per_s": mm,
         "utilization": tps * fpt / mm,
+        # Model FLOPs utilization against the GPU's data-sheet peak (None off CUDA or for an unlisted GPU).
+        "mfu": tps * fpt / peak if peak else None,
+        "peak_flops_source": peak_source,
+        "precision": precision,
         "reference_tokens_per_s": ref_tps,
         "speedup_vs_reference": tps / ref_tps,
         "params_nonembedding": param_counts(mcfg, vocab).nonembedding,

@@ -23,6 +23,10 @@ def add_parser(sub: Any) -> None:
     bt.add_argument("--steps", type=int, default=20, help="timed steps per repeat (default 20)")
     bt.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
     bt.add_argument("--repeats", type=int, default=3, help="repeats; medians are reported (default 3)")
+    bt.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto", help="default: CUDA when present")
+    bt.add_argument(
+        "--precision", choices=("fp32", "bf16"), default="fp32", help="arithmetic of the step (train.precision)"
+    )
     add_json(bt)
     bt.set_defaults(fn=cmd_bench_train)
 
@@ -42,6 +46,8 @@ def cmd_bench_train(args: argparse.Namespace) -> int:
         steps=args.steps,
         threads=args.threads,
         repeats=args.repeats,
+        device=args.device,
+        precision=args.precision,
     )
     if args.json:
         print_json(r)
