@@ -29,6 +29,16 @@ def set_matmul_precision(device: torch.device, tf32: bool) -> None:
         torch.backends.cudnn.allow_tf32 = tf32
 
 
+def check_precision(device: torch.device, precision: str) -> None:
+    """bf16 on a GPU without bfloat16 arithmetic (before Ampere: V100, T4) would run emulated, many times
+    slower than fp32: refuse it in one line rather than let a sweep crawl."""
+    if precision == "bf16" and device.type == "cuda" and not torch.cuda.is_bf16_supported():
+        raise ConfigError(
+            f"bf16 is not supported by {torch.cuda.get_device_name(device)} (no bfloat16 tensor cores); use fp32",
+            field="train.precision",
+        )
+
+
 def autocast(device: torch.device, precision: str) -> contextlib.AbstractContextManager:
     """The context the forward pass runs in: bfloat16 autocast for ``bf16`` (weights and optimizer state stay
     float32; torch keeps softmax, layer norm and the cross-entropy in float32 under autocast), nothing for

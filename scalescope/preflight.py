@@ -193,12 +193,14 @@ def _blame(cfg: C.RunConfig) -> str:
 def _device(cfg: C.RunConfig, device: Any, file: str | None) -> torch.device:
     import torch
 
-    from .device import pick_device
+    from .device import check_precision, pick_device
 
     if device is not None:
         return torch.device(device)
     try:
-        return pick_device(cfg.train.device)
+        dev = pick_device(cfg.train.device)
+        check_precision(dev, cfg.train.precision)
+        return dev
     except ConfigError as e:
         raise ConfigError(e.message, file=file, field=e.field) from None
 

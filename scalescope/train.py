@@ -38,7 +38,7 @@ from .checkpoint import (
 )
 from .data import build_source
 from .data.base import Batch, Source, fingerprint_of
-from .device import autocast, peak_flops, pick_device, set_matmul_precision
+from .device import autocast, check_precision, peak_flops, pick_device, set_matmul_precision
 from .errors import LockLost, ScalescopeError, StoreError
 from .model import GPT, flops_per_token
 from .optim import make_optimizer
@@ -325,6 +325,7 @@ def _train(
     device = pick_device(cfg.train.device)
     tc = cfg.train
     set_matmul_precision(device, tc.tf32)
+    check_precision(device, tc.precision)
     source = build_source(cfg.data, seed=cfg.seed)
     source.prepare(cache_dir)
     # What the data is now (a corpus's content hash, read from disk): it must be what the run was
