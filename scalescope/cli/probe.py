@@ -14,7 +14,17 @@ from collections.abc import Callable
 from typing import Any
 
 from ..errors import ConfigError
-from ..instruments import covariance, curvature, fewshot, icl, icl_regression, induction, noise_scale, task_id
+from ..instruments import (
+    covariance,
+    curvature,
+    fewshot,
+    icl,
+    icl_regression,
+    induction,
+    noise_scale,
+    quanta,
+    task_id,
+)
 from ..jsonable import jsonable
 from .common import add_json, as_flag, option_flags, print_json
 
@@ -32,7 +42,7 @@ def add_parser(sub: Any) -> None:
         "whose weights were kept (train.keep_weights).",
     )
     psub = p.add_subparsers(dest="probe", required=True)
-    for add in (_noise_scale, _curvature, _covariance, _icl, _induction, _icl_regression, _task_id, _fewshot):
+    for add in (_noise_scale, _curvature, _covariance, _icl, _induction, _icl_regression, _task_id, _fewshot, _quanta):
         add(psub)
 
 
@@ -347,3 +357,19 @@ def _fewshot(psub: Any) -> None:
         show,
     )
     _add_batches(p, "sequences")
+
+
+def _quanta(psub: Any) -> None:
+    def compute(a: argparse.Namespace) -> dict[str, Any]:
+        return quanta.probe_run(a.run_dir, a.step, examples_per_skill=a.examples_per_skill, threshold=a.threshold)
+
+    def show(r: dict[str, Any], a: argparse.Namespace) -> None:
+        sys.stdout.write(
+            f"run {r['run_dir']} at step {r['step']}: {r['n_skills']} skills (alpha {r['alpha']:g}), mean loss "
+            f"{r['mean_loss']:.4f} (entropy rate {r['entropy_rate']:.4f}), {int(r['skills_learned'])} learned "
+            f"(accuracy >= {r['threshold']:g})\n"
+        )
+
+    p = _command(psub, "quanta", "per-skill loss and accuracy on a quanta source", compute, show)
+    p.add_argument("--examples-per-skill", type=int, default=quanta.DEFAULT_EXAMPLES)
+    p.add_argument("--threshold", type=float, default=quanta.DEFAULT_THRESHOLD)

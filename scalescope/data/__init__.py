@@ -23,6 +23,7 @@ from .triggers import MarkovTriggersConfig, MarkovTriggersSource  # isort: skip
 from .regression import LinearRegressionConfig, LinearRegressionSource  # isort: skip
 from .discrete_tasks import DiscreteTasksConfig, DiscreteTasksSource  # isort: skip
 from .bursty import BurstyClassificationConfig, BurstyClassificationSource  # isort: skip
+from .quanta import QuantaConfig, QuantaSource  # isort: skip
 
 __all__ = [
     "SOURCE_CONFIGS",
@@ -39,6 +40,8 @@ __all__ = [
     "MarkovSource",
     "MarkovTriggersConfig",
     "MarkovTriggersSource",
+    "QuantaConfig",
+    "QuantaSource",
     "RepeatedSpansConfig",
     "RepeatedSpansSource",
     "Source",

@@ -17,6 +17,7 @@ from . import (
     icl_regression,
     induction,
     noise_scale,
+    quanta,
     task_id,
 )
 from .registry import (
@@ -56,6 +57,7 @@ __all__ = [
     "icl_regression",
     "induction",
     "noise_scale",
+    "quanta",
     "register",
     "requires_data_kind",
     "resolve",
