@@ -413,18 +413,24 @@ HASH_OMIT_IF_DEFAULT: dict[str, dict[str, Any]] = {
         )
     },
     "model": {"positions": "learned", "input_dim": None},
-    "train": {"precision": "fp32", "tf32": True, "log_every": None},
+    "train": {"precision": "fp32"},
 }
+
+# Fields that say how a run executes or is watched, not what it computes: left out of the run id, so that
+# switching them on for a sweep never retrains a finished run. (tf32 changes CUDA matmuls at the 1e-3 level, as
+# the device itself does; both are recorded in meta.json.)
+EXECUTION_ONLY = ("device", "tf32", "log_every")
 
 
 def run_id(cfg: RunConfig) -> str:
     """Content hash of the resolved config (seed included): the same config always gets the same id.
 
-    ``train.device`` is left out: where a run executes is not part of what it is.
+    ``train.device``, ``train.tf32`` and ``train.log_every`` are left out (:data:`EXECUTION_ONLY`): where and
+    how a run executes, and how densely it logs, are not part of what it is.
     """
     d = to_dict(cfg)
     d["data"] = cfg.data.identity()
-    d["train"] = {k: v for k, v in d["train"].items() if k != "device"}
+    d["train"] = {k: v for k, v in d["train"].items() if k not in EXECUTION_ONLY}
     for section, defaults in HASH_OMIT_IF_DEFAULT.items():
         d[section] = {k: v for k, v in d[section].items() if k not in defaults or v != defaults[k]}
     blob = json.dumps(d, sort_keys=True, separators=(",", ":"))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import re
 
 import torch
 
@@ -54,7 +55,8 @@ def autocast(device: torch.device, precision: str) -> contextlib.AbstractContext
 # fp32 here means the TF32 tensor-core rate when TF32 is on, the plain fp32 rate otherwise.
 PEAK_FLOPS: dict[str, dict[str, float]] = {
     "H200": {"bf16": 989e12, "tf32": 494.7e12, "fp32": 67e12},
-    "H100": {"bf16": 989e12, "tf32": 494.7e12, "fp32": 67e12},  # SXM; the PCIe card is ~76% of this
+    "H100": {"bf16": 989e12, "tf32": 494.7e12, "fp32": 67e12},  # SXM (and NVL)
+    "H100 PCIe": {"bf16": 756e12, "tf32": 378e12, "fp32": 51e12},
     "A100": {"bf16": 312e12, "tf32": 156e12, "fp32": 19.5e12},
     "L40S": {"bf16": 362e12, "tf32": 183e12, "fp32": 91.6e12},
     "A10": {"bf16": 125e12, "tf32": 62.5e12, "fp32": 31.2e12},
@@ -71,7 +73,15 @@ def peak_flops(device: torch.device, precision: str, tf32: bool) -> tuple[float 
         return None, "no published peak for a CPU"
     name = torch.cuda.get_device_name(device)
     key = "bf16" if precision == "bf16" else ("tf32" if tf32 else "fp32")
-    for gpu, peaks in PEAK_FLOPS.items():
-        if gpu in name and peaks[key] > 0:
-            return peaks[key], f"{gpu} {key} dense peak {peaks[key] / 1e12:.4g} TFLOP/s (data sheet)"
+    gpu = gpu_model(name)
+    if gpu is not None and PEAK_FLOPS[gpu][key] > 0:
+        peak = PEAK_FLOPS[gpu][key]
+        return peak, f"{gpu} {key} dense peak {peak / 1e12:.4g} TFLOP/s (data sheet)"
     return None, f"no peak known for {name!r} at {key}"
+
+
+def gpu_model(name: str) -> str | None:
+    """The :data:`PEAK_FLOPS` key a device name is: the longest key found as whole words ("NVIDIA H100 PCIe"
+    is "H100 PCIe"; "NVIDIA L40" is no "L4", "RTX A1000" no "A100"), or None."""
+    hits = [k for k in PEAK_FLOPS if re.search(rf"(?<![\w-]){re.escape(k)}(?!\w)", name)]
+    return max(hits, key=len) if hits else None

@@ -219,15 +219,31 @@ class Progress:
             f" | ETA {'--' if eta is None else _duration(eta)}"
         )
         text = head + self._losses(compact=False) + tail
-        return text if len(text) <= self.MAX_WIDTH else head + self._losses(compact=True) + tail
+        if len(text) > self.max_width():
+            text = head + self._losses(compact=True) + tail
+        if len(text) > self.max_width():  # a narrow terminal: the losses go first, they are the least needed
+            text = head + tail
+        return text
 
-    def _pad(self, text: str) -> str:
-        self.width = max(self.width, len(text))
+    def max_width(self) -> int:
+        """:data:`MAX_WIDTH`, or less on a narrower terminal: a line that wraps cannot be rewritten in place
+        (each redraw would start a new row). Read at each draw, since a window can be resized."""
+        if not self.tty:
+            return self.MAX_WIDTH
+        return max(20, min(self.MAX_WIDTH, shutil.get_terminal_size((80, 24)).columns - 1))
+
+    def _pad(self, text: str, cut: bool = True) -> str:
+        """``text`` over the line drawn before (padded to the longest so far, within the terminal). The progress
+        line is cut to the terminal; a message (``cut=False``) may wrap, since a newline ends it."""
+        limit = self.max_width()
+        if cut:
+            text = text[:limit]
+        self.width = min(max(self.width, len(text)), limit)
         return "\r" + text.ljust(self.width)
 
     def say(self, text: str) -> None:
         """A line of its own, above the progress line."""
-        self.stream.write((self._pad(text) if self.tty else text) + "\n")
+        self.stream.write((self._pad(text, cut=False) if self.tty else text) + "\n")
         self.stream.flush()
 
     def update(self, outcomes: dict[str, Outcome], final: bool = False) -> None:

@@ -544,8 +544,17 @@ class _MirrorOpener:
     def __call__(self, cfg: C.RunConfig, rd: RunDir, start_step: int | None) -> Mirror | None:
         if self.log is None or not self.log.any():
             return None
+        # What metrics.jsonl already holds (it was just truncated to the checkpoint): mirrored first, so a
+        # tracker holds every step even when switched on mid-run or when an earlier attempt lost its buffer.
+        history = [r for r in rd.read_metrics() if r.get("step", 0) <= start_step] if start_step is not None else []
         m = open_trackers(
-            self.log, rd.path, rd.id, C.to_dict(cfg), experiment=self.experiment or rd.id, start_step=start_step
+            self.log,
+            rd.path,
+            rd.id,
+            C.to_dict(cfg),
+            experiment=self.experiment or rd.id,
+            start_step=start_step,
+            history=history,
         )
         self.mirrors.append(m)
         return m

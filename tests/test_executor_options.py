@@ -114,3 +114,52 @@ def test_a_gpu_asked_for_without_one_is_refused_before_anything_is_written(tiny_
     lines = r.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith(f"error: {message}".replace("exp.toml", str(exp))), r.stderr
     assert not store.exists()
+
+
+def test_sbatch_flags_add_to_the_tables_options(tmp_path):
+    pytest.importorskip("submitit")
+    from scalescope.cli.run import make_executor
+    from scalescope.store import Store
+
+    table = parse_executor(
+        {"kind": "slurm", "cluster": "local", "sbatch_options": {"account": "lab", "qos": "low"}}, "exp.toml"
+    )
+    ex = make_executor(args(slurm_sbatch=["qos=high"]), Store(tmp_path / "s"), table)
+    try:
+        assert dict(ex.options.sbatch_options) == {"account": "lab", "qos": "high"}  # merged, the flag wins per key
+    finally:
+        ex.shutdown()
+
+
+@pytest.mark.parametrize(
+    "table, flags, message",
+    [
+        # Flags another executor would silently ignore are refused with the option that does the job there.
+        ({"kind": "slurm", "cluster": "local"}, {"threads": 1}, "--threads: not used by the Slurm executor"),
+        ({"kind": "slurm", "cluster": "local"}, {"workers": 2}, "--workers: not used by the slurm executor"),
+        ({"kind": "ray"}, {"workers": 2}, "--workers: not used by the ray executor"),
+    ],
+)
+def test_flags_an_executor_would_ignore_are_refused(tmp_path, table, flags, message):
+    from scalescope.cli.run import make_executor
+    from scalescope.store import Store
+
+    with pytest.raises(ConfigError) as err:
+        make_executor(args(**flags), Store(tmp_path / "s"), parse_executor(table, "exp.toml"))
+    assert str(err.value).startswith(message)
+
+
+@pytest.mark.skipif(HAS_CUDA, reason="checks the refusal on a machine without CUDA")
+def test_gpus_for_the_local_slurm_cluster_without_a_gpu_are_refused(tmp_path):
+    pytest.importorskip("submitit")
+    from scalescope.cli.run import make_executor
+    from scalescope.store import Store
+
+    table = parse_executor({"kind": "slurm", "cluster": "local", "gpus_per_run": 1}, "exp.toml")
+    with pytest.raises(ConfigError) as err:
+        make_executor(args(), Store(tmp_path / "s"), table)
+    assert str(err.value).startswith("exp.toml: executor.gpus_per_run: no CUDA GPU on this machine")
+    with pytest.raises(ConfigError) as err:
+        make_executor(args(executor="slurm", slurm_gpus=1, slurm_cluster="local"), Store(tmp_path / "s"), None)
+    assert str(err.value).startswith("--slurm-gpus: no CUDA GPU")
+    assert not (tmp_path / "s").exists()

@@ -35,13 +35,32 @@ def interrupted_then_resumed(cfg, path, cache, calls: int):
     return train(cfg, path, cache_dir=cache, threads=1)
 
 
-def test_defaults_leave_run_ids_unchanged_and_non_defaults_change_them(tiny_toml):
+def test_run_ids_change_with_the_arithmetic_but_not_with_how_a_run_executes_or_logs(tiny_toml):
     cfg = load_experiment(tiny_toml()).runs[0]
     rid = C.run_id(cfg)
-    for field, value in (("precision", "bf16"), ("tf32", False), ("log_every", 5)):
-        other = load_experiment(tiny_toml(f"{field} = {value!r}".replace("'", '"').replace("False", "false"))).runs[0]
-        assert getattr(other.train, field) == value
-        assert C.run_id(other) != rid, field  # a run in another arithmetic, or logged densely, is another run
+    bf16 = load_experiment(tiny_toml('precision = "bf16"\n', name="bf16.toml")).runs[0]
+    assert bf16.train.precision == "bf16" and C.run_id(bf16) != rid  # another arithmetic: another run
+    # TF32 (CUDA only, like the device itself) and the logging density do not change what is computed: turning
+    # them on for a sweep must not retrain its finished runs.
+    for extra in ("tf32 = false\n", "log_every = 5\n"):
+        other = load_experiment(tiny_toml(extra, name="o.toml")).runs[0]
+        assert C.run_id(other) == rid, extra
+
+
+def test_gpu_names_map_to_their_own_peak_only():
+    from scalescope.device import gpu_model
+
+    names = {
+        "NVIDIA H100 80GB HBM3": "H100",
+        "NVIDIA H100 PCIe": "H100 PCIe",
+        "NVIDIA A100-SXM4-80GB": "A100",
+        "Tesla V100-SXM2-16GB": "V100",
+        "NVIDIA L40S": "L40S",
+        "NVIDIA L40": None,  # not an L4 (1.5x its bf16 peak)
+        "NVIDIA RTX A1000": None,  # not an A100
+        "NVIDIA T400": None,  # not a T4
+    }
+    assert {n: gpu_model(n) for n in names} == names
 
 
 def test_log_every_writes_train_loss_between_evaluations_and_resumes_exactly(tiny_toml, tmp_path):

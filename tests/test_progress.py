@@ -208,7 +208,11 @@ def test_eta_is_steady_where_the_window_eta_jumps(tmp_path: Path) -> None:
     assert steps(1) > 2.0
 
 
-def test_tty_rewrites_in_place_and_logs_print_every_interval(tmp_path: Path) -> None:
+def test_tty_rewrites_in_place_and_logs_print_every_interval(tmp_path: Path, monkeypatch) -> None:
+    import os
+    import shutil
+
+    monkeypatch.setattr(shutil, "get_terminal_size", lambda fallback=(80, 24): os.terminal_size((200, 24)))
     store, clock, stream, prog = make(tmp_path, [planned("r1", 1000)], tty=False)
     for _ in range(10):  # 45 s of updates every 5 s: printed at 0, 15, 30, 45
         prog.update({})
@@ -227,3 +231,27 @@ def test_tty_rewrites_in_place_and_logs_print_every_interval(tmp_path: Path) -> 
     prog.update({}, final=True)
     lines = stream.getvalue().split("\r")[1:]
     assert lines[-1].endswith("\n") and len(lines[-1]) == len(lines[-2])  # padded over the longer line
+
+
+def test_a_narrow_terminal_never_wraps_the_line(tmp_path: Path, monkeypatch) -> None:
+    # A line longer than the terminal wraps, and "\r" then returns to the wrapped row: every redraw would start
+    # a new row (seen by a hostile user at 60 columns). Each drawn line must fit in columns - 1.
+    import os
+    import shutil
+
+    monkeypatch.setattr(shutil, "get_terminal_size", lambda fallback=(80, 24): os.terminal_size((40, 24)))
+    store, clock, stream, prog = make(tmp_path, [planned(f"run{i}", 1000) for i in range(4)], tty=True)
+    for i in range(4):
+        status(store, f"run{i}", "running", tokens=100 * (i + 1))
+        train_loss(store, f"run{i}", 100 * (i + 1), 2.0 + i)
+    for _ in range(3):
+        prog.update({})
+        clock.t += 1
+    prog.say("run run1: a message much longer than forty columns, which is not cut")
+    prog.update({}, final=True)
+    drawn = [seg.rstrip("\n") for seg in stream.getvalue().split("\r")[1:]]
+    message = [seg for seg in drawn if seg.startswith("run run1:")]
+    assert len(message) == 1 and message[0].endswith("which is not cut")  # a message is whole (a newline ends it)
+    lines = [seg for seg in drawn if seg not in message]
+    assert lines and all(len(seg) <= 39 for seg in lines), [len(s) for s in lines]
+    assert lines[-1].startswith("runs 0/4")

@@ -44,8 +44,8 @@ def run_dir(tmp_path: Path) -> Path:
     return d
 
 
-def mirror(log: LogConfig, run_dir: Path, start_step: int | None = None) -> Mirror:
-    m = open_trackers(log, run_dir, "abc123", CONFIG, experiment="exp", start_step=start_step)
+def mirror(log: LogConfig, run_dir: Path, start_step: int | None = None, history: list | None = None) -> Mirror:
+    m = open_trackers(log, run_dir, "abc123", CONFIG, experiment="exp", start_step=start_step, history=history)
     assert m.warnings == []
     return m
 
@@ -54,8 +54,8 @@ def mirror(log: LogConfig, run_dir: Path, start_step: int | None = None) -> Mirr
 def test_parse_log_defaults_and_values():
     assert parse_log(None, "e.toml") == LogConfig()
     assert not LogConfig().any()
-    log = parse_log({"mlflow_uri": "file:///x", "wandb_project": "p"}, "e.toml")
-    assert log.mlflow_uri == "file:///x" and not log.any()
+    log = parse_log({"tensorboard": True, "mlflow": False}, "e.toml")
+    assert log.tensorboard and log.any()
 
 
 @pytest.mark.parametrize(
@@ -65,6 +65,9 @@ def test_parse_log_defaults_and_values():
         ({"mlflow": "yes"}, "e.toml: log.mlflow: expected true or false, got 'yes'"),
         ({"mlflow_uri": 3}, "e.toml: log.mlflow_uri: expected a non-empty string, got 3"),
         ([1], "e.toml: log: expected a table, got [1]"),
+        # A setting of a tracker that is off would be ignored without a word.
+        ({"mlflow_uri": "file:///x"}, "e.toml: log.mlflow_uri: only applies with log.mlflow = true"),
+        ({"wandb_project": "p", "wandb": False}, "e.toml: log.wandb_project: only applies with log.wandb = true"),
     ],
 )
 def test_parse_log_rejects_bad_tables(raw, message):
@@ -206,7 +209,8 @@ def test_tensorboard_resume_purges_what_the_checkpoint_did_not_cover(run_dir):
     first.log(rows(range(0, 60, 10)))  # checkpoint at 20; the process dies after logging 50, never closing
     first.trackers["tensorboard"].writer.flush()  # type: ignore[attr-defined]
     time.sleep(1.1)  # event file names carry whole seconds: the resumed file must sort after the first
-    second = mirror(LogConfig(tensorboard=True), run_dir, start_step=20)
+    # The resumed attempt is given what metrics.jsonl holds up to its checkpoint (train.py does this).
+    second = mirror(LogConfig(tensorboard=True), run_dir, start_step=20, history=rows(range(0, 30, 10)))
     second.log(rows(range(30, 70, 10), attempt=2))
     second.close("finished")
     got = tb_read(run_dir)
@@ -311,6 +315,17 @@ def test_wandb_offline_reads_back(run_dir):
     assert [r["exit"]["exit_code"] for r in records if r["type"] == "exit"] == [0]
 
 
+def test_wandb_backfills_what_an_attempt_killed_before_it_flushed_lost(run_dir):
+    # A SIGKILLed worker's wandb-core service dies before writing its buffer: that attempt's file is empty.
+    # The next attempt is handed metrics.jsonl's rows up to its checkpoint and mirrors them first.
+    pytest.importorskip("wandb")
+    second = mirror(LogConfig(wandb=True), run_dir, start_step=20, history=rows(range(0, 30, 10)))
+    second.log(rows(range(30, 50, 10), attempt=2))
+    second.close("finished")
+    _, hist = wb_read(run_dir.parent.parent)
+    assert hist["val_loss"] == [(s, value(s, "val_loss", 1 if s <= 20 else 2)) for s in range(0, 50, 10)]
+
+
 def test_wandb_resume_skips_steps_already_held(run_dir):
     pytest.importorskip("wandb")
     first = mirror(LogConfig(wandb=True), run_dir)
@@ -379,3 +394,21 @@ def test_an_experiments_log_table_mirrors_every_row_of_a_resumed_run(tiny_toml, 
     assert train(exp.runs[0], rd2.path, cache_dir=cut.cache_dir, threads=1, log=exp.log).status == "finished"
     got2 = tb_read(rd2.path)
     assert got2["val_loss"] == want["val_loss"] and got2["train_loss"] == want["train_loss"]
+
+
+def test_an_mlflow_server_that_does_not_answer_is_refused_at_once():
+    import socket
+
+    from scalescope.errors import ConfigError
+    from scalescope.trackers import check_reachable
+
+    with socket.socket() as s:  # a port nothing listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    t = time.time()
+    with pytest.raises(
+        ConfigError, match=rf"^e.toml: log.mlflow_uri: no MLflow server answers at http://127.0.0.1:{port}"
+    ):
+        check_reachable(LogConfig(mlflow=True, mlflow_uri=f"http://127.0.0.1:{port}"), "e.toml")
+    assert time.time() - t < 6  # not MLflow's minutes of retries at every run's start
+    check_reachable(LogConfig(mlflow=True, mlflow_uri="file:///tmp/x"), "e.toml")  # a file store: nothing to reach

@@ -25,6 +25,7 @@ from . import (
     forecast,
     probe,
     prompt_length,
+    quanta,
     report,
     run,
     runs,
@@ -45,6 +46,7 @@ COMMANDS = (
     check,
     critical_batch,
     emergence,
+    quanta,
     prompt_length,
     bench,
 )

@@ -32,11 +32,18 @@ def add_parser(sub: Any) -> None:
 
 
 def cmd_bench_train(args: argparse.Namespace) -> int:
+    from ..device import pick_device
     from ..throughput import bench_train
 
-    check_positive(args, "n_layer", "d_model", "n_head", "seq_len", "batch", "steps", "threads", allow_none=False)
+    check_positive(
+        args, "n_layer", "d_model", "n_head", "seq_len", "batch", "steps", "threads", "repeats", allow_none=False
+    )
     if args.d_model % args.n_head:
         raise ConfigError(f"d_model ({args.d_model}) must be divisible by n_head ({args.n_head})", field="--d-model")
+    try:
+        pick_device(args.device)
+    except ConfigError as e:
+        raise ConfigError(e.message, field="--device") from None
     r = bench_train(
         n_layer=args.n_layer,
         d_model=args.d_model,

@@ -371,5 +371,15 @@ def _quanta(psub: Any) -> None:
         )
 
     p = _command(psub, "quanta", "per-skill loss and accuracy on a quanta source", compute, show)
-    p.add_argument("--examples-per-skill", type=int, default=quanta.DEFAULT_EXAMPLES)
-    p.add_argument("--threshold", type=float, default=quanta.DEFAULT_THRESHOLD)
+    p.add_argument(
+        "--examples-per-skill",
+        type=int,
+        default=quanta.DEFAULT_EXAMPLES,
+        help=f"probe examples of each skill (default {quanta.DEFAULT_EXAMPLES})",
+    )
+    p.add_argument(
+        "--threshold",
+        type=float,
+        default=quanta.DEFAULT_THRESHOLD,
+        help=f"accuracy at which a skill counts as learned (default {quanta.DEFAULT_THRESHOLD}; chance is 0.5)",
+    )

@@ -132,7 +132,8 @@ def make_executor(args: argparse.Namespace, store: Any, table: Any = None) -> An
         name = (err.field or "").removeprefix("executor.").split(".")[0]
         if name in flags and getattr(args, flags[name][2:].replace("-", "_"), None) not in (None, []):
             return ConfigError(err.message, field=flags[name])
-        return ConfigError(err.message, file=table.file if name in opts else None, field=err.field)
+        from_table = name in opts or args.executor is None  # the table chose this executor (and its defaults)
+        return ConfigError(err.message, file=table.file if from_table else None, field=err.field)
 
     if kind != "ray" and args.ray_address is not None:
         raise ConfigError("only applies with --executor ray", field="--ray-address")
@@ -143,6 +144,14 @@ def make_executor(args: argparse.Namespace, store: Any, table: Any = None) -> An
         raise ConfigError("only applies with --executor slurm", field=SLURM_FLAGS[next(iter(given))])
     if kind != "local" and args.runs_per_gpu is not None:
         raise ConfigError("only applies with the local executor", field="--runs-per-gpu")
+    # Flags another executor would silently ignore: refused, with the option that does the job there.
+    if kind == "slurm" and args.threads is not None:
+        raise ConfigError(
+            "not used by the Slurm executor: give --slurm-cpus (CPUs and torch threads per run)", field="--threads"
+        )
+    if kind in ("ray", "slurm") and args.workers is not None:
+        instead = "--slurm-array-parallelism" if kind == "slurm" else "the cluster's CPUs (num_cpus = --threads)"
+        raise ConfigError(f"not used by the {kind} executor: runs at once are set by {instead}", field="--workers")
     if kind == "ray":
         address = args.ray_address or opts.get("address")
         threads = args.threads or opts.get("threads") or 1
@@ -157,11 +166,22 @@ def make_executor(args: argparse.Namespace, store: Any, table: Any = None) -> An
             raise flag_error(err, {"address": "--ray-address", "threads": "--threads"}) from None
     if kind == "slurm":
         options = {**opts, **given}
-        if args.slurm_sbatch:
+        if args.slurm_sbatch:  # added to the table's sbatch options, a flag winning per key
             options["sbatch_options"] = {
-                key.strip(): value.strip() if eq else True
-                for key, eq, value in (item.partition("=") for item in args.slurm_sbatch)
+                **opts.get("sbatch_options", {}),
+                **{
+                    key.strip(): value.strip() if eq else True
+                    for key, eq, value in (item.partition("=") for item in args.slurm_sbatch)
+                },
             }
+        gpus_asked = options.get("gpus_per_run", 0)
+        if options.get("cluster") in ("local", "debug") and gpus_asked and not cuda_device_count():
+            flag = "--slurm-gpus" if args.slurm_gpus else "executor.gpus_per_run"
+            raise ConfigError(
+                "no CUDA GPU on this machine (torch.cuda.is_available() is false), where the local cluster runs",
+                file=None if args.slurm_gpus else table.file,
+                field=flag,
+            )
         try:
             return make_slurm_executor(store.path / "slurm", **options)
         except ConfigError as err:
@@ -199,9 +219,11 @@ def add_workers(p: argparse.ArgumentParser) -> None:
 def cmd_run(args: argparse.Namespace) -> int:
     from ..store import Store
     from ..sweep import load_experiment
+    from ..trackers import check_reachable
 
     check_positive(args, "workers", "threads", "runs_per_gpu")
     exp = load_experiment(resolve_experiment(args.experiment))
+    check_reachable(exp.log, exp.file)
     store = Store(args.store)
     executor = make_executor(args, store, exp.executor)
     try:
@@ -244,6 +266,11 @@ def run_and_summarize(
         n, done = len(planned), sum(p.done for p in planned)
         already = f" ({done} already done)" if done else ""
         print(f"experiment {exp.name}: {n} run{'s' * (n != 1)}{already} -> {store.path}/runs", file=sys.stderr)
+        if done and exp.log.any():
+            print(
+                f"note: the [log] trackers mirror runs as they train: the {done} already done are not mirrored",
+                file=sys.stderr,
+            )
 
     outcomes = run_experiment(
         exp, store, workers=workers, threads=threads, progress=not quiet, on_start=header, executor=executor

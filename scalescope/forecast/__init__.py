@@ -4,14 +4,16 @@
   record kinds (kind -> scorer) and :func:`score_store`, which scores every record by its kind;
 * :mod:`~scalescope.forecast.laws`: a scaling law's prediction of a run's final loss (the default kind);
 * :mod:`~scalescope.forecast.crossing`: the scale at which a metric crosses a threshold (Schaeffer et al.
-  2023), recorded by ``scalescope emergence --forecast``.
+  2023), recorded by ``scalescope emergence --forecast``;
+* :mod:`~scalescope.forecast.quanta`: which skills a larger model will have learned, recorded by
+  ``scalescope quanta --forecast``.
 
 ``scalescope forecast --store DIR --target-n N --target-d D`` records a law forecast;
 ``scalescope forecast --store DIR --score`` scores every kind.
 """
 
 # The record kinds: importing each module registers its scorer with the ledger (registry lines).
-from . import crossing, laws  # noqa: F401
+from . import crossing, laws, quanta  # noqa: F401
 from .crossing import (
     CrossingForecast,
     crossing_record,

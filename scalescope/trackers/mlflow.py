@@ -28,7 +28,7 @@ from typing import Any
 from urllib.parse import urlparse
 from urllib.request import url2pathname
 
-from . import LogConfig, Opening, flatten
+from .base import LogConfig, Opening, flatten
 
 TAG = "scalescope.run_id"
 # MLflow's limits on one log_batch call and on a param's value (mlflow/utils/validation.py).

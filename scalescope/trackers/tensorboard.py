@@ -3,27 +3,26 @@
 One scalar per metric (``hessian/top1`` groups under ``hessian`` in the UI) at ``global_step`` = the training step;
 the flattened config as the HParams plugin's session. Values are stored as float32 (``Summary.Value.simple_value``).
 
-Resume: the writer opens with ``purge_step`` = the checkpoint's step + 1 (0 for a run that starts from step 0). It
-writes a ``SessionLog.START`` event at that step, and TensorBoard's reader (EventAccumulator) then drops every event
-of the earlier files at or after it, so what an earlier attempt wrote after its checkpoint does not show twice.
+Resume: the writer opens with ``purge_step = 0``: it writes a ``SessionLog.START`` event at step 0, and TensorBoard's
+reader (EventAccumulator) then drops every event of the earlier files, so the view is rebuilt by this attempt alone:
+the rows metrics.jsonl holds up to the checkpoint (``open_trackers``'s history), then the new ones. Nothing shows
+twice, and nothing an earlier attempt failed to flush (or never mirrored: ``[log]`` switched on later) is missing.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from . import LogConfig, Opening, flatten
+from .base import LogConfig, Opening, flatten
 
 
 class TensorBoardTracker:
     def __init__(self, ctx: Opening):
         from torch.utils.tensorboard import SummaryWriter  # imports the tensorboard package
 
-        purge = 0 if ctx.start_step is None else ctx.start_step + 1
-        self.writer = SummaryWriter(log_dir=str(ctx.run_dir / "tensorboard"), purge_step=purge)
+        self.writer = SummaryWriter(log_dir=str(ctx.run_dir / "tensorboard"), purge_step=0)
         self.last_step = ctx.start_step or 0
-        if ctx.start_step is None:
-            self._hparams(ctx)
+        self._hparams(ctx)
 
     def _hparams(self, ctx: Opening) -> None:
         from torch.utils.tensorboard.summary import hparams

@@ -19,7 +19,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from . import LogConfig, Opening, flatten
+from .base import LogConfig, Opening, flatten
 
 
 def held_steps(wandb_dir: Path, run_id: str) -> dict[str, int]:
