@@ -118,3 +118,63 @@ def test_bad_experiment_exits_before_any_run(tmp_path, capsys):
     lines = capsys.readouterr().err.strip().splitlines()
     assert len(lines) == 1 and "bad.toml" in lines[0] and "data.alpha" in lines[0]
     assert not (tmp_path / "s" / "runs").exists()
+
+
+def test_digit_code_layout_vocab_and_answer_position():
+    # 300 skills on 16 bits: more skills than one-bit subsets (allowed with digits: each bit dealt evenly).
+    src = QuantaSource(300, 0.5, 16, 1, label_noise=0.0, skill_code="digits", n_digits=3, seed=1)
+    assert src.base == 7 and src.vocab_size == 9 and src.answer_pos == 18 and src.seq_len_needed == 19  # 6^3 < 300
+    assert len({tuple(c) for c in src.codes}) == 300 and src.codes.min() >= 2 and src.codes.max() <= 8
+    assert np.bincount(src.subsets[:, 0], minlength=16).tolist() == [19] * 12 + [18] * 4  # 300 = 16 x 18 + 12
+    skills, bits, answers = src.sample("train", 0, 64)
+    b = src.batch("train", 0, 64, 20)
+    np.testing.assert_array_equal(b.inputs[:, 16:19].numpy(), src.codes[skills])
+    np.testing.assert_array_equal(b.targets[:, 18].numpy(), answers)
+    np.testing.assert_array_equal(answers, bits[np.arange(64), src.subsets[skills, 0]])  # ε = 0: copy the bit
+    assert b.loss_mask.sum() == 64 and b.loss_mask[:, 18].all()
+    sb = src.skill_batch(np.array([0, 299]), 0, 19)
+    np.testing.assert_array_equal(sb.inputs[:, 16:19].numpy(), src.codes[[0, 299]])
+    # The code is a function of the data seed only.
+    assert np.array_equal(src.with_stream_seed(4).codes, src.codes)
+    assert not np.array_equal(QuantaSource(300, 0.5, 16, 1, skill_code="digits", n_digits=3, seed=2).codes, src.codes)
+    d = src.describe()
+    assert d["skill_code"] == "digits" and d["n_digits"] == 3
+
+
+def test_digit_code_config_resolves_and_rejects_bad_input():
+    cfg = _cfg({"skill_code": "digits", "n_skills": 200, "bits_per_skill": 1}, {"seq_len": 12})
+    assert cfg.data.vocab_size == 2 + 15  # ceil(sqrt(200)) = 15
+    src = build_source(cfg.data, seed=0)
+    assert src.answer_pos == 11 and src.n_skills == 200
+    for data, model, field in [
+        ({"skill_code": "bytes"}, None, "data.skill_code"),
+        ({"skill_code": "digits", "n_digits": 0}, None, "data.n_digits"),
+        ({"skill_code": "digits"}, {"seq_len": 11}, "model.seq_len"),  # 10 bits + 2 digits
+        ({"skill_code": "digits", "vocab_size": 7}, {"seq_len": 12}, "data.vocab_size"),  # 30 skills: base 6
+    ]:
+        with pytest.raises(C.ConfigError) as e:
+            _cfg(data, model)
+        assert e.value.field == field and "\n" not in str(e.value)
+
+
+def test_instrument_reads_the_answer_after_the_digits():
+    from scalescope.instruments.quanta import skill_metrics
+
+    src = QuantaSource(40, 0.5, 8, 1, label_noise=0.1, skill_code="digits", n_digits=2, seed=3)
+    lookup = {tuple(c): k for k, c in enumerate(src.codes.tolist())}
+
+    class Oracle(torch.nn.Module):
+        """Certain of the clean answer at the answer position only; uniform elsewhere."""
+
+        def forward(self, idx):
+            out = torch.zeros(*idx.shape, src.vocab_size)
+            a = src.answer_pos
+            skills = np.array([lookup[tuple(r)] for r in idx[:, src.n_bits : a + 1].tolist()])
+            clean = src.parity(skills, idx[:, : src.n_bits].numpy())
+            out[torch.arange(len(idx)), a, torch.as_tensor(clean)] = 30.0
+            return out
+
+    loss, acc = skill_metrics(Oracle(), src, seq_len=10, examples_per_skill=4)
+    assert acc.shape == (40,) and (acc == 1).all()
+    # Certain and right: -(1-ε) ln q - ε ln r with q -> 1, r -> e^-30 (up to the other vocab entries), so ≈ 3.0.
+    assert np.allclose(loss, 0.1 * 30, rtol=0.01)

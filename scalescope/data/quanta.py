@@ -18,6 +18,18 @@ position; in /tmp/quanta_explore/LOG.md that layout learned many times slower). 
 (:attr:`QuantaSource.entropy_rate`), whatever the skill. Positions past the answer (a model context longer
 than n_bits + 1) are padding (token 0, never counted; causal attention keeps them from the answer).
 
+``skill_code = "digits"`` writes skill k instead as ``n_digits`` digit tokens in base b = ceil(n_skills^(1/n_digits))
+(tokens 2 .. 2 + b - 1; each skill gets a distinct code, a random function of ``data.seed``)::
+
+    [b_1, .., b_n, digit_1, .., digit_m, answer]
+
+No token then stands for one skill, so which bits a skill reads cannot live in an embedding: the map
+code -> subset is a lookup of n_skills facts of ~ log2 C(n_bits, k) bits each that must be stored in the
+network's weights (the MLP of a small transformer; about 2 bits per parameter at best, Allen-Zhu and Li 2024,
+"Physics of Language Models 3.3"), so model size limits how many skills are learned. Subsets need not be
+distinct here (two skills may read the same bits: they are still two facts to store); with more skills than
+subsets they are dealt out evenly.
+
 The quantization model predicts, when skills are learned in order of frequency and each costs the same:
 L(N) - E ∝ N^-alpha (capacity-limited) and L(D) - E ∝ D^-alpha/(alpha+1) (data-limited), sec. 2 of the paper.
 """
@@ -30,6 +42,7 @@ from dataclasses import dataclass
 from functools import lru_cache
 from itertools import combinations
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 import torch
@@ -66,13 +79,16 @@ def binary_entropy(eps: float) -> float:
 @dataclass(kw_only=True)
 class QuantaConfig(SourceConfig):
     """``[data] kind = "quanta"``: multitask sparse parity with Zipf skill frequencies (see the module doc).
-    vocab_size resolves to n_skills + 2."""
+    vocab_size resolves to n_skills + 2 (``skill_code = "token"``) or base + 2 (``"digits"``)."""
 
     n_skills: int = 64
     alpha: float = 0.4
     n_bits: int = 16
     bits_per_skill: int = 3
     label_noise: float = 0.05
+    # "token": one token per skill (its embedding can hold the skill); "digits": n_digits digit tokens.
+    skill_code: Literal["token", "digits"] = "token"
+    n_digits: int = 2
     vocab_size: int | None = None
     # The sequence length the task is laid out for: resolved to model.seq_len.
     seq_len: int | None = None
@@ -85,7 +101,15 @@ class QuantaConfig(SourceConfig):
         if self.vocab_size is None:
             raise ConfigError("needs its vocab_size (resolve the config first)", field="data.vocab_size")
         lang = _language(
-            self.n_skills, self.alpha, self.n_bits, self.bits_per_skill, self.label_noise, self.vocab_size, self.seed
+            self.n_skills,
+            self.alpha,
+            self.n_bits,
+            self.bits_per_skill,
+            self.label_noise,
+            self.vocab_size,
+            self.seed,
+            self.skill_code,
+            self.n_digits,
         )
         return lang.with_stream_seed(stream_seed)
 
@@ -106,23 +130,31 @@ def _resolve(d: QuantaConfig, model: ModelConfig, file: str | None) -> None:
         raise bad("label_noise", f"expected a probability in [0, 0.5), got {d.label_noise!r}")
     if not 1 <= d.n_skills <= MAX_SKILLS:
         raise bad("n_skills", f"expected an integer in [1, {MAX_SKILLS}], got {d.n_skills}")
+    if d.skill_code not in ("token", "digits"):
+        raise bad("skill_code", f"expected 'token' or 'digits', got {d.skill_code!r}")
+    digits = d.skill_code == "digits"
+    if digits and not 1 <= d.n_digits <= 8:
+        raise bad("n_digits", f"expected an integer in [1, 8], got {d.n_digits}")
     subsets = math.comb(d.n_bits, d.bits_per_skill)
-    if d.n_skills > subsets:
+    if not digits and d.n_skills > subsets:
         raise bad(
             "n_skills",
             f"{d.n_skills} skills need distinct bit subsets, but only C({d.n_bits}, {d.bits_per_skill}) = "
             f"{subsets} exist",
         )
-    need = d.n_skills + FIRST_SKILL_TOKEN
+    code = digit_base(d.n_skills, d.n_digits) if digits else d.n_skills
+    need = code + FIRST_SKILL_TOKEN
     if d.vocab_size is None:
         d.vocab_size = need
     check_vocab(d.vocab_size, file)
     if d.vocab_size < need:
-        raise bad("vocab_size", f"{d.n_skills} skills need {need} tokens (2 bits + one per skill), got {d.vocab_size}")
-    if model.seq_len < d.n_bits + 1:
+        what = f"base {code} digits" if digits else "one per skill"
+        raise bad("vocab_size", f"{d.n_skills} skills need {need} tokens (2 bits + {what}), got {d.vocab_size}")
+    m = d.n_digits if digits else 1
+    if model.seq_len < d.n_bits + m:
         raise ConfigError(
-            f"{model.seq_len} is shorter than a sequence: {d.n_bits} bits + skill token need n_bits + 1 = "
-            f"{d.n_bits + 1} positions before the answer",
+            f"{model.seq_len} is shorter than a sequence: {d.n_bits} bits + {m} skill token(s) need "
+            f"{d.n_bits + m} positions before the answer",
             file=file,
             field="model.seq_len",
         )
@@ -131,11 +163,46 @@ def _resolve(d: QuantaConfig, model: ModelConfig, file: str | None) -> None:
 # The language does not depend on the run seed: cached per process.
 @lru_cache(maxsize=4)
 def _language(
-    n_skills: int, alpha: float, n_bits: int, bits_per_skill: int, label_noise: float, vocab_size: int, seed: int
+    n_skills: int,
+    alpha: float,
+    n_bits: int,
+    bits_per_skill: int,
+    label_noise: float,
+    vocab_size: int,
+    seed: int,
+    skill_code: str = "token",
+    n_digits: int = 2,
 ) -> QuantaSource:
     return QuantaSource(
-        n_skills, alpha, n_bits, bits_per_skill, label_noise=label_noise, vocab_size=vocab_size, seed=seed
+        n_skills,
+        alpha,
+        n_bits,
+        bits_per_skill,
+        label_noise=label_noise,
+        vocab_size=vocab_size,
+        seed=seed,
+        skill_code=skill_code,
+        n_digits=n_digits,
     )
+
+
+def digit_base(n_skills: int, n_digits: int) -> int:
+    """The smallest base b with b^n_digits >= n_skills (at least 2)."""
+    b = max(2, math.ceil(n_skills ** (1.0 / n_digits)))
+    while (b - 1) ** n_digits >= n_skills and b > 2:  # float rounding may overshoot by one
+        b -= 1
+    while b**n_digits < n_skills:
+        b += 1
+    return b
+
+
+def _dealt_subsets(rng: np.random.Generator, n_skills: int, n_bits: int, k: int) -> np.ndarray:
+    """(n_skills, k) sorted bit indices, repeats allowed: for k = 1 each bit is dealt to n_skills / n_bits skills
+    (a random balanced assignment); for k > 1, independent uniform k-subsets."""
+    if k == 1:
+        reps = np.tile(np.arange(n_bits, dtype=np.int64), -(-n_skills // n_bits))[:n_skills]
+        return rng.permutation(reps)[:, None]
+    return np.sort(np.stack([rng.choice(n_bits, size=k, replace=False) for _ in range(n_skills)]), axis=1)
 
 
 def _distinct_subsets(rng: np.random.Generator, n_skills: int, n_bits: int, k: int) -> np.ndarray:
@@ -168,14 +235,24 @@ class QuantaSource:
         vocab_size: int | None = None,
         seed: int = 0,
         stream_seed: int = 0,
+        skill_code: str = "token",
+        n_digits: int = 2,
     ):
         self.n_skills, self.alpha = int(n_skills), float(alpha)
         self.n_bits, self.bits_per_skill = int(n_bits), int(bits_per_skill)
         self.label_noise = float(label_noise)
-        self.vocab_size = int(vocab_size if vocab_size is not None else n_skills + FIRST_SKILL_TOKEN)
-        if self.vocab_size < self.n_skills + FIRST_SKILL_TOKEN:
-            raise ConfigError(f"{n_skills} skills need vocab_size >= {n_skills + 2}", field="data.vocab_size")
-        if self.n_skills > math.comb(self.n_bits, self.bits_per_skill):
+        if skill_code not in ("token", "digits"):
+            raise ConfigError(f"expected 'token' or 'digits', got {skill_code!r}", field="data.skill_code")
+        self.skill_code = skill_code
+        digits = skill_code == "digits"
+        self.n_digits = int(n_digits) if digits else 1
+        # Code tokens after the two bit tokens: one per skill, or the digits of a base-`base` numeral.
+        self.base = digit_base(self.n_skills, self.n_digits) if digits else self.n_skills
+        need = self.base + FIRST_SKILL_TOKEN
+        self.vocab_size = int(vocab_size if vocab_size is not None else need)
+        if self.vocab_size < need:
+            raise ConfigError(f"{n_skills} skills need vocab_size >= {need}", field="data.vocab_size")
+        if not digits and self.n_skills > math.comb(self.n_bits, self.bits_per_skill):
             raise ConfigError(
                 f"{n_skills} skills need distinct bit subsets: only C({n_bits}, {bits_per_skill}) exist",
                 field="data.n_skills",
@@ -183,9 +260,20 @@ class QuantaSource:
         self.seed, self.stream_seed = int(seed), int(stream_seed)
         self.skill_probs = zipf_probs(self.n_skills, self.alpha)
         self._cdf = np.cumsum(self.skill_probs)
-        # The subsets belong to the language: a function of the data seed, not of the run seed.
+        # The subsets (and codes) belong to the language: a function of the data seed, not of the run seed.
         rng = np.random.default_rng([self.seed, 0x9A7A])
-        self.subsets = _distinct_subsets(rng, self.n_skills, self.n_bits, self.bits_per_skill)
+        if digits and self.n_skills > math.comb(self.n_bits, self.bits_per_skill):
+            self.subsets = _dealt_subsets(rng, self.n_skills, self.n_bits, self.bits_per_skill)
+        else:
+            self.subsets = _distinct_subsets(rng, self.n_skills, self.n_bits, self.bits_per_skill)
+        # (n_skills, n_digits) code tokens of each skill. Digits: distinct random codes, so a skill's frequency
+        # rank cannot be read off its digits (no shortcut shared by the frequent skills).
+        if digits:
+            code = np.random.default_rng([self.seed, 0xC0DE]).choice(self.base**self.n_digits, self.n_skills, False)
+            place = self.base ** np.arange(self.n_digits - 1, -1, -1)  # most significant digit first
+            self.codes = FIRST_SKILL_TOKEN + (code[:, None] // place) % self.base
+        else:
+            self.codes = FIRST_SKILL_TOKEN + np.arange(self.n_skills, dtype=np.int64)[:, None]
         # (n_skills, n_bits) 0/1 masks: a skill's parity is (bits @ mask) mod 2.
         self.masks = np.zeros((self.n_skills, self.n_bits), dtype=np.int64)
         np.put_along_axis(self.masks, self.subsets, 1, axis=1)
@@ -201,8 +289,13 @@ class QuantaSource:
 
     @property
     def seq_len_needed(self) -> int:
-        """Model positions one example needs: n_bits bits and the skill token (the answer is the last target)."""
-        return self.n_bits + 1
+        """Model positions one example needs: n_bits bits and the skill's code (the answer is the last target)."""
+        return self.n_bits + self.n_digits
+
+    @property
+    def answer_pos(self) -> int:
+        """The position whose target is the answer: the last token of the skill's code."""
+        return self.n_bits + self.n_digits - 1
 
     def sample(self, split: Split, index: int, batch_size: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(skills (B,) 0-based, bits (B, n_bits), noisy answers (B,)) of batch ``index`` of ``split``."""
@@ -220,16 +313,16 @@ class QuantaSource:
         """The batch of these examples laid out for a context of ``seq_len`` >= n_bits + 1 positions."""
         if seq_len < self.seq_len_needed:
             raise ConfigError(
-                f"{seq_len} is shorter than a sequence (n_bits + 1 = {self.seq_len_needed})", field="model.seq_len"
+                f"{seq_len} is shorter than a sequence (n_bits + code = {self.seq_len_needed})", field="model.seq_len"
             )
-        B = len(skills)
+        B, a = len(skills), self.answer_pos
         tok = np.zeros((B, seq_len + 1), dtype=np.int64)  # zeros past the answer: padding, never counted
         tok[:, : self.n_bits] = bits
-        tok[:, self.n_bits] = FIRST_SKILL_TOKEN + np.asarray(skills)
-        tok[:, self.n_bits + 1] = answers
+        tok[:, self.n_bits : a + 1] = self.codes[np.asarray(skills)]
+        tok[:, a + 1] = answers
         b = Batch.from_tokens(tok)
         mask = torch.zeros(b.targets.shape, dtype=torch.bool)
-        mask[:, self.n_bits] = True  # the target at the skill token's position is the answer
+        mask[:, a] = True  # the target at the code's last position is the answer
         b.loss_mask = mask
         return b
 
@@ -255,6 +348,8 @@ class QuantaSource:
             "n_bits": self.n_bits,
             "bits_per_skill": self.bits_per_skill,
             "label_noise": self.label_noise,
+            "skill_code": self.skill_code,
+            "n_digits": self.n_digits,
             "vocab_size": self.vocab_size,
             "entropy_rate": self.entropy_rate,
             # The quantization model's exponents (Michaud et al. 2023, sec. 2).

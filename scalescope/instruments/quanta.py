@@ -17,7 +17,7 @@ Results (the trainer stores arrays as artifacts per step, floats as metrics):
 * ``quanta/skills_learned``: the number of skills with accuracy >= ``threshold`` (default 0.9; chance is 0.5);
 * ``quanta/entropy_rate``: H(ε), for reference next to mean_loss.
 
-Cost: one forward pass over n_skills x examples_per_skill sequences of n_bits + 1 tokens per evaluation, in
+Cost: one forward pass over n_skills x examples_per_skill sequences of n_bits + code tokens per evaluation, in
 chunks of ``chunk`` sequences; only the answer position is read out (a hook on the final LayerNorm), so
 memory does not grow with the vocabulary of n_skills + 2 tokens. Storage: 8 bytes per skill per evaluation.
 """
@@ -80,7 +80,8 @@ def skill_metrics(
     skills = np.repeat(np.arange(K), E)
     loss_sum = np.zeros(K, dtype=np.float64)
     acc_sum = np.zeros(K, dtype=np.float64)
-    pos = source.n_bits  # the answer is the target at the skill token's position
+    # The answer is the target at the code's last position (sources without answer_pos: the token after the bits).
+    pos = int(getattr(source, "answer_pos", source.n_bits))
     for c, start in enumerate(range(0, len(skills), chunk)):
         sk = skills[start : start + chunk]
         b = source.skill_batch(sk, c, seq_len)
