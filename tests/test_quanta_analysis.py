@@ -266,6 +266,8 @@ def test_forecast_recorded_and_scored(tmp_path: Path, capsys: pytest.CaptureFixt
     # Fit n(N) on the 7 smaller sizes, predict the largest (which exists: scored at once).
     ((rec, created),) = record_forecast(st.path, bootstrap=300)
     assert created and rec["kind"] == RECORD_KIND and rec["target"] == {"N": N_SIZES[-1]}
+    assert rec["hindcast"] is True  # the target size was already trained: a check of the method, said so
+    assert 0 <= rec["interval"][0] and rec["interval"][1] <= rec["n_skills"]  # a count lies in [0, n_skills]
     assert len(rec["fitted_on"]) == 7 and rec["predicted"] == pytest.approx(100, rel=0.1)
     ((again, created),) = record_forecast(st.path, bootstrap=300)
     assert not created and again["id"] == rec["id"]
@@ -278,7 +280,7 @@ def test_forecast_recorded_and_scored(tmp_path: Path, capsys: pytest.CaptureFixt
     assert via_ledger["score"]["observed"] == 100
     # A forecast of a size not trained yet stays pending; one below the fitted sizes is refused.
     ((pending, _),) = record_forecast(st.path, at=4e5, bootstrap=100)
-    assert pending["target"] == {"N": 4e5} and len(pending["fitted_on"]) == 8
+    assert pending["target"] == {"N": 4e5} and len(pending["fitted_on"]) == 8 and pending["hindcast"] is False
     assert next(r for r in score_forecasts(st.path) if r["id"] == pending["id"])["score"] is None
     assert cli_main(["quanta", "--store", str(st.path), "--forecast", "--up-to", "5e4", "--at", "1e4"]) == 2
     assert "--at" in capsys.readouterr().err
@@ -304,3 +306,22 @@ def test_report_panels_only_with_quanta_runs(full: tuple[Store, dict], tmp_path:
         assert s.shown and not s.failed and "<img" in s.body, key
     empty = sections(Store(tmp_path / "e").ensure_writable().path)
     assert all(not s.shown and "no finished runs of the quanta source" in (s.skipped or "") for s in empty.values())
+
+
+def test_damaged_artifacts_are_left_out_and_said(full: tuple[Store, dict], tmp_path: Path) -> None:
+    import shutil
+
+    from scalescope.analyses.quanta import analyze
+
+    st = Store(shutil.copytree(full[0].path, tmp_path / "copy"))
+    rid = st.run_ids()[0]
+    files = sorted(st.run_dir(rid).artifact_steps("quanta/skill_acc").values())
+    files[-1].write_bytes(b"")  # an empty file: np.load raises EOFError
+    np.save(files[-2], np.full(np.load(files[0]).shape, 7.0))  # an accuracy no probe can give
+    np.save(files[-3], np.zeros(3))  # the wrong length
+    res = analyze(st.path, bootstrap=20, transition_skills=0)
+    dropped = res["dropped_artifacts"]
+    assert {str(f) for f in files[-3:]} <= set(dropped)
+    assert "EOFError" in dropped[str(files[-1])] and "shape" in dropped[str(files[-3])]
+    assert any("left out as damaged" in f for f in res["flags"])
+    assert cli_main(["quanta", "--store", str(st.path), "--threshold", "0.5"]) == 2  # chance is not "learned"

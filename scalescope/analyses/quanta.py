@@ -53,6 +53,7 @@ from ..forecast.laws import INFORMATIVE_LIMIT
 from ..forecast.ledger import forecast_id, load_forecasts, now, write_record
 from ..forecast.quanta import (
     ACC,
+    DROPPED,
     LEARNED,
     LOSS,
     RECORD_KIND,
@@ -720,7 +721,7 @@ def analyze(
         res["flags"] = _group_flags(gr, res)
         groups.append(res)
     forecasts = [r for r in load_forecasts(store) if r.get("kind") == RECORD_KIND] if Path(store).is_dir() else []
-    out = {
+    out: dict[str, Any] = {
         "store": str(store),
         "threshold": threshold,
         "n_quanta_runs": len(done),
@@ -729,6 +730,15 @@ def analyze(
     }
     if not len(done):
         out["flags"] = ["no finished runs of the quanta source (data.kind = 'quanta') in the store"]
+    root = str(Path(store).resolve())
+    dropped = {p: why for p, why in DROPPED.items() if str(Path(p).resolve()).startswith(root)}
+    if dropped:  # a damaged artifact changes which step is a run's last: never silently
+        out["dropped_artifacts"] = dropped
+        out.setdefault("flags", []).append(
+            f"{len(dropped)} per-skill artifact file(s) left out as damaged: "
+            + "; ".join(f"{p}: {why}" for p, why in list(dropped.items())[:3])
+            + (" ..." if len(dropped) > 3 else "")
+        )
     return jsonable(out)
 
 
@@ -816,7 +826,11 @@ def record_forecast(
                 "id": forecast_id(content),
                 **content,
                 "predicted": pred,
-                "interval": [lo, hi_n],
+                # A count of skills lies in [0, n_skills]: a wider interval says nothing more.
+                "interval": [max(lo, 0.0), min(hi_n, float(k)) if k else hi_n],
+                # The target size already trained when the forecast was made: scored at once, a check of the
+                # method on known data, not a prediction of the future.
+                "hindcast": bool(np.any(np.isclose(sizes, target, rtol=1e-6))),
                 "level": LEVEL,
                 "interval_kind": "bootstrap prediction interval of the skill count n(N)",
                 "n_skills": k,

@@ -30,7 +30,10 @@ def add_parser(sub: Any) -> None:
     )
     add_store(p, help="store directory with runs of data.kind = quanta (e.g. experiments quanta_n, quanta_d)")
     p.add_argument(
-        "--threshold", type=float, default=0.9, help="a skill is learned at this probe accuracy or more (default 0.9)"
+        "--threshold",
+        type=float,
+        default=0.9,
+        help="a skill is learned at this probe accuracy or more, in (0.5, 1] (chance is 0.5; default 0.9)",
     )
     p.add_argument(
         "--transition-skills",
@@ -179,6 +182,8 @@ def cmd_quanta(args: argparse.Namespace) -> int:
     from ..store import load
 
     check_positive(args, "bootstrap", allow_none=False)
+    if not 0.5 < args.threshold <= 1:  # at or below chance every skill a model guesses at counts as learned
+        raise ConfigError(f"expected a number in (0.5, 1], got {args.threshold}", field="--threshold")
     try:
         tables = load(args.store)
         recorded = []

@@ -63,32 +63,54 @@ class SkillCurves:
         return int(self.acc.shape[1])
 
 
-def _stack(rd: RunDir, name: str) -> tuple[np.ndarray, np.ndarray] | None:
-    """The artifact's arrays by step as (steps, (S, K) matrix); arrays of another length than the last
-    step's (a damaged or foreign file) and unreadable files are left out; None when none is stored."""
+# Every artifact file left out of a run's curves (unreadable, wrong shape, values no probe can give): path ->
+# why. Readers of the curves (scalescope quanta, the report) show them, so a damaged store is never silent.
+DROPPED: dict[str, str] = {}
+
+
+def _stack(rd: RunDir, name: str, n_skills: int | None) -> tuple[np.ndarray, np.ndarray] | None:
+    """The artifact's arrays by step as (steps, (S, K) matrix), K the run's skill count (``n_skills`` from its
+    meta.json, else the most common length). A file that cannot be read, has another shape, or holds values a
+    probe cannot give (non-finite; an accuracy outside [0, 1]; a negative loss) is left out and recorded in
+    :data:`DROPPED`; None when no file is left."""
     steps, rows = [], []
     for step, path in rd.artifact_steps(name).items():
         try:
             a = np.load(path, allow_pickle=False)
-        except (OSError, ValueError):
+            row = np.asarray(a, dtype=float)
+        except Exception as e:  # OSError, ValueError, EOFError (an empty file), a non-numeric array
+            DROPPED[str(path)] = f"unreadable ({type(e).__name__})"
             continue
         steps.append(step)
-        rows.append(np.asarray(a, dtype=float).ravel())
-    if not rows:
+        rows.append(row)
+    lengths = [r.size for r in rows if r.ndim == 1]
+    if not lengths:
         return None
-    k = len(rows[-1])
-    keep = [i for i, r in enumerate(rows) if len(r) == k]
+    k = n_skills if n_skills else max(set(lengths), key=lengths.count)
+    keep = []
+    for i, r in enumerate(rows):
+        hi = 1.0 if name == ACC else np.inf
+        if r.ndim != 1 or r.size != k:
+            DROPPED[str(rd.artifact_path(name, steps[i]))] = f"shape {r.shape}, expected ({k},)"
+        elif not (np.all(np.isfinite(r)) and np.all(r >= 0) and np.all(r <= hi)):
+            DROPPED[str(rd.artifact_path(name, steps[i]))] = "values no probe can give (non-finite or out of range)"
+        else:
+            keep.append(i)
+    if not keep:
+        return None
     return np.array([steps[i] for i in keep], dtype=float), np.stack([rows[i] for i in keep])
 
 
 def skill_curves(store: str | Path, run_id: str) -> SkillCurves | None:
     """The run's ``quanta/skill_acc`` (and ``quanta/skill_loss``) artifacts, or None when it has none."""
     rd = _store.Store(store).run_dir(run_id)
-    acc = _stack(rd, ACC)
+    source = (rd.read_meta() or {}).get("source") or {}
+    n_skills = source.get("n_skills") if isinstance(source.get("n_skills"), int) else None
+    acc = _stack(rd, ACC, n_skills)
     if acc is None:
         return None
     steps, a = acc
-    loss = _stack(rd, LOSS)
+    loss = _stack(rd, LOSS, n_skills)
     lmat = None
     if loss is not None and loss[1].shape[1] == a.shape[1]:
         common = np.intersect1d(steps, loss[0])

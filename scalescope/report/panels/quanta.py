@@ -187,7 +187,13 @@ def quanta_skills(ctx: Context) -> str:
                 fmt_interval(order["ci"]) if order.get("ci") else "-",
             ]
         )
-        ax.set(xscale="log", yscale="log", xlabel=AXIS_NAME[axis], ylabel="skills learned", title=_title(name, axis))
+        # No run learned a skill: nothing to draw on a log axis (matplotlib refuses all values <= 0); say so.
+        yscale = "log" if ok.any() else "linear"
+        if not ok.any():
+            ax.text(0.5, 0.5, "no skill learned in any run", transform=ax.transAxes, ha="center", va="center")
+            if x.size and np.all(x > 0):  # nothing plotted: give the log x axis the runs' range
+                ax.set_xlim(x.min() / 1.3, x.max() * 1.3)
+        ax.set(xscale="log", yscale=yscale, xlabel=AXIS_NAME[axis], ylabel="skills learned", title=_title(name, axis))
         tidy_log(ax)
         ax.legend(fontsize=8)
     head = ["sweep", "exponent b", "95% interval", "theory", "deviation", "verdict", "order rho", "95% interval"]
