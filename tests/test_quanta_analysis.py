@@ -325,3 +325,9 @@ def test_damaged_artifacts_are_left_out_and_said(full: tuple[Store, dict], tmp_p
     assert "EOFError" in dropped[str(files[-1])] and "shape" in dropped[str(files[-3])]
     assert any("left out as damaged" in f for f in res["flags"])
     assert cli_main(["quanta", "--store", str(st.path), "--threshold", "0.5"]) == 2  # chance is not "learned"
+
+
+def test_forecast_options_without_forecast_are_refused(full: tuple[Store, dict], capsys: pytest.CaptureFixture) -> None:
+    # --at and --up-to would be ignored without --forecast: a user would think a forecast was made.
+    assert cli_main(["quanta", "--store", str(full[0].path), "--at", "1e6"]) == 2
+    assert "--at: only applies with --forecast" in capsys.readouterr().err

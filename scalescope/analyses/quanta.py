@@ -730,6 +730,11 @@ def analyze(
     }
     if not len(done):
         out["flags"] = ["no finished runs of the quanta source (data.kind = 'quanta') in the store"]
+    unfinished = int(((runs["status"] != "finished") & is_quanta(runs)).sum()) if len(runs) else 0
+    if unfinished:
+        out.setdefault("flags", []).append(
+            f"{unfinished} unfinished quanta run(s) left out (not finished yet, or failed)"
+        )
     root = str(Path(store).resolve())
     dropped = {p: why for p, why in DROPPED.items() if str(Path(p).resolve()).startswith(root)}
     if dropped:  # a damaged artifact changes which step is a run's last: never silently

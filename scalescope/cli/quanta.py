@@ -182,6 +182,9 @@ def cmd_quanta(args: argparse.Namespace) -> int:
     from ..store import load
 
     check_positive(args, "bootstrap", allow_none=False)
+    for name in ("up_to", "at"):
+        if getattr(args, name) is not None and not args.forecast:
+            raise ConfigError("only applies with --forecast", field=FLAGS[name])
     if not 0.5 < args.threshold <= 1:  # at or below chance every skill a model guesses at counts as learned
         raise ConfigError(f"expected a number in (0.5, 1], got {args.threshold}", field="--threshold")
     try:
