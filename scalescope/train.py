@@ -170,15 +170,7 @@ def accumulate_gradients(
 
 
 @torch.no_grad()
-def evaluate(model: GPT, source: Source, cfg: C.RunConfig, device: torch.device) -> float:
-    """Mean validation loss over ``eval_batches`` fixed validation batches."""
-    return evaluate_with_bytes(model, source, cfg, device)[0]
-
-
-@torch.no_grad()
-def evaluate_with_bytes(
-    model: GPT, source: Source, cfg: C.RunConfig, device: torch.device
-) -> tuple[float, float | None]:
+def evaluate(model: GPT, source: Source, cfg: C.RunConfig, device: torch.device) -> tuple[float, float | None]:
     """(mean validation loss over ``eval_batches`` fixed validation batches, bits per byte of the same
     targets or None). Bits per byte, for sources that know the bytes of text each token stands for
     (``token_bytes()``: text corpora), is the summed loss in nats over the summed bytes of the target tokens,
@@ -290,8 +282,7 @@ def _train_or_record(
                 return done
         if problem is not None:
             _warn(rd, warnings, f"status says finished but {problem}: resuming the run")
-        mirror = _MirrorOpener(log, experiment, mirrors)
-        return _train(cfg, rd, cache, threads, warnings, guard, mirror)
+        return _train(cfg, rd, cache, threads, warnings, guard, log, experiment, mirrors)
     except KeyboardInterrupt:
         raise
     except LockLost as e:  # the run has another owner now: write nothing more (its mirrors are theirs too)
@@ -314,7 +305,9 @@ def _train(
     threads: int | None,
     warnings: list[str],
     guard: Callable[[], None] | None = None,
-    open_mirror: _MirrorOpener | None = None,
+    log: LogConfig | None = None,
+    experiment: str = "",
+    mirrors: list[Mirror] | None = None,
 ) -> Outcome:
     def own() -> None:  # still this worker's run? (raises LockLost otherwise; see train)
         if guard is not None:
@@ -393,8 +386,17 @@ def _train(
     else:
         rd.truncate_metrics(0)
         rd.write_meta(run_meta(cfg, model, source, total, device))
-    mirror = open_mirror(cfg, rd, state.step if state is not None else None) if open_mirror else None
-    if mirror is not None:
+    mirror = None
+    if log is not None and log.any():  # opened now that the resume point is known; train() closes it
+        start = state.step if state is not None else None
+        # What metrics.jsonl already holds (it was just truncated to the checkpoint): mirrored first, so a
+        # tracker holds every step even when switched on mid-run or when an earlier attempt lost its buffer.
+        history = [r for r in rd.read_metrics() if r.get("step", 0) <= start] if start is not None else []
+        mirror = open_trackers(
+            log, rd.path, rd.id, C.to_dict(cfg), experiment=experiment or rd.id, start_step=start, history=history
+        )
+        if mirrors is not None:
+            mirrors.append(mirror)
         warnings.extend(mirror.warnings)  # a tracker that could not open: said on stderr and in the status
     extra: dict[str, Any] = {"warnings": warnings} if warnings else {}
 
@@ -445,7 +447,7 @@ def _train(
         if is_eval_step(step, tc.eval_every, total) and step > last_eval:
             wall += time.perf_counter() - t_wall
             t_wall = time.perf_counter()
-            val, bpb = evaluate_with_bytes(model, source, cfg, device)
+            val, bpb = evaluate(model, source, cfg, device)
             if ref_loss is None:
                 ref_loss = val
             rows = [row("val_loss", val), row("lr", lr_at(min(step, total - 1), tc, total))]
@@ -532,32 +534,6 @@ def _train(
         **extra,
     )
     return Outcome(rd.id, "finished", step, val, flags=flags)
-
-
-class _MirrorOpener:
-    """Opens the run's tracker mirrors once the resume point is known (``start_step``: the checkpoint's step,
-    None from step 0) and hands them to :func:`train`, which closes them with the run's outcome."""
-
-    def __init__(self, log: LogConfig | None, experiment: str, mirrors: list[Mirror]):
-        self.log, self.experiment, self.mirrors = log, experiment, mirrors
-
-    def __call__(self, cfg: C.RunConfig, rd: RunDir, start_step: int | None) -> Mirror | None:
-        if self.log is None or not self.log.any():
-            return None
-        # What metrics.jsonl already holds (it was just truncated to the checkpoint): mirrored first, so a
-        # tracker holds every step even when switched on mid-run or when an earlier attempt lost its buffer.
-        history = [r for r in rd.read_metrics() if r.get("step", 0) <= start_step] if start_step is not None else []
-        m = open_trackers(
-            self.log,
-            rd.path,
-            rd.id,
-            C.to_dict(cfg),
-            experiment=self.experiment or rd.id,
-            start_step=start_step,
-            history=history,
-        )
-        self.mirrors.append(m)
-        return m
 
 
 def _diverged(rd: RunDir, step: int, tokens_per_step: int, why: str, extra: dict[str, Any]) -> Outcome:

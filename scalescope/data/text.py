@@ -123,6 +123,7 @@ class TextSource:
         self.tokens: np.ndarray | None = None
         # How many times this object actually tokenized (tests check that a cache hit does not).
         self.tokenize_count = 0
+        self._token_bytes: np.ndarray | None = None  # token_bytes(), built once per prepare()
 
     # ------------------------------------------------------------------------------------------------
     # Preparing the cache.
@@ -213,6 +214,7 @@ class TextSource:
             self._write_cache(target, files)
         meta = json.loads((target / "meta.json").read_text())
         self.meta = meta
+        self._token_bytes = None
         self.cache_path = target
         self.vocab_size = int(meta["vocab_size"])
         self.tokens = np.memmap(target / "tokens.bin", dtype=meta["dtype"], mode="r", shape=(meta["n_tokens"],))
@@ -225,13 +227,15 @@ class TextSource:
         (GPT-2's byte-to-unicode alphabet), so its length is the byte count of the UTF-8 text it encodes."""
         if self.tokens is None:
             raise RuntimeError("call prepare(cache_dir) first")
-        tj = self.meta["tokenizer_json"]
-        if tj is None:
-            return np.ones(256, dtype=np.int64)
-        out = np.zeros(int(self.meta["vocab_size"]), dtype=np.int64)
-        for token, i in tj["model"]["vocab"].items():
-            out[int(i)] = len(token)
-        return out
+        if self._token_bytes is None:  # built once per prepare(): every evaluation asks for it
+            tj = self.meta["tokenizer_json"]
+            if tj is None:
+                self._token_bytes = np.ones(256, dtype=np.int64)
+            else:
+                self._token_bytes = np.zeros(int(self.meta["vocab_size"]), dtype=np.int64)
+                for token, i in tj["model"]["vocab"].items():
+                    self._token_bytes[int(i)] = len(token)
+        return self._token_bytes
 
     def tokenizer_object(self):  # -> tokenizers.Tokenizer (imported lazily)
         """The trained BPE tokenizer (for decoding samples); None for bytes."""

@@ -11,11 +11,12 @@ from collections.abc import Callable
 from concurrent.futures import Future
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Protocol
 
 from ..config import RunConfig
 from ..rundir import RunDir, is_unwritable
 from ..runlock import RunLock
+from ..trackers import LogConfig
 from ..train import Outcome, done_outcome, train
 
 # The status of an Outcome whose run another worker holds (see scalescope.runlock): not trained here, and
@@ -34,7 +35,7 @@ class RunSpec:
     gpu: int | None = None
     # The experiment's [log] table (scalescope.trackers.LogConfig): metric mirrors to TensorBoard, MLflow,
     # W&B. Observation only: not part of the run's identity. None: no mirrors.
-    log: Any = None
+    log: LogConfig | None = None
     experiment: str = ""
 
 
