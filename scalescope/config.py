@@ -98,8 +98,15 @@ LEGACY_DATA_DEFAULTS: dict[str, Any] = {
 
 @dataclass
 class ModelConfig:
-    """A decoder-only transformer: pre-LayerNorm, learned (or rotary) positions, GELU MLP."""
+    """A decoder-only transformer: pre-LayerNorm, learned (or rotary) positions, GELU MLP; or (``arch``) a
+    classifier of vector examples (:mod:`scalescope.classifiers`)."""
 
+    # "gpt": the transformer below. "mlp": n_layer hidden ReLU layers of width d_model. "random_features":
+    # d_model fixed random ReLU features with a closed-form least-squares readout (ridge below). The last two
+    # read the vector examples of a classification data set (digits, gaussian_mixture).
+    arch: Literal["gpt", "mlp", "random_features"] = "gpt"
+    # random_features: the readout's ridge penalty λ (0: the minimum-norm interpolating solution).
+    ridge: float = 0.0
     n_layer: int = 2
     d_model: int = 64
     n_head: int = 4
@@ -154,6 +161,11 @@ class TrainConfig:
     # With neither, 1,000,000 tokens.
     tokens: int | None = None
     flops: float | None = None
+    # Or a budget in optimizer steps (full-batch training counts epochs this way).
+    steps: int | None = None
+    # Every step uses the whole training set (a finite data set: digits, gaussian_mixture, modular): batch_size
+    # resolves to its size. Gradient descent rather than SGD, as grokking and clean double descent need.
+    full_batch: bool = False
     # Evaluate at steps 0, 1, 2, 4, ... below eval_every, then every eval_every steps, and at the end.
     eval_every: int = 100
     eval_batches: int = 8
@@ -325,20 +337,29 @@ def validate(cfg: RunConfig, file: str | None = None) -> RunConfig:
     """Check the relations between fields that types alone cannot; raise :class:`ConfigError`."""
     m, t, d = cfg.model, cfg.train, cfg.data
     for name in ("n_layer", "d_model", "n_head", "seq_len", "init_std"):
+        if m.arch == "random_features" and name == "n_layer":
+            continue  # one layer of random features, whatever n_layer says
         positive(getattr(m, name), f"model.{name}", file)
     for name in ("lr", "batch_size", "eval_every", "eval_batches", "checkpoint_every", "diverge_factor"):
         positive(getattr(t, name), f"train.{name}", file)
     positive(m.d_mlp, "model.d_mlp", file, allow_none=True)
-    for name in ("micro_batch_size", "tokens", "flops", "log_every"):
+    for name in ("micro_batch_size", "tokens", "flops", "log_every", "steps"):
         positive(getattr(t, name), f"train.{name}", file, allow_none=True)
-    if m.d_model % m.n_head:
+    if m.arch == "gpt" and m.d_model % m.n_head:
         raise ConfigError(
             f"d_model ({m.d_model}) must be divisible by n_head ({m.n_head})", file=file, field="model.d_model"
         )
-    if t.tokens is not None and t.flops is not None:
-        raise ConfigError("give one budget, train.tokens or train.flops, not both", file=file, field="train.tokens")
-    if t.tokens is None and t.flops is None:
+    budgets = [k for k in ("tokens", "flops", "steps") if getattr(t, k) is not None]
+    if len(budgets) > 1:
+        raise ConfigError(
+            f"give one budget, train.tokens, train.flops or train.steps, not {' and '.join(budgets)}",
+            file=file,
+            field=f"train.{budgets[0]}",
+        )
+    if not budgets:
         t.tokens = 1_000_000
+    if m.ridge < 0:
+        raise ConfigError(f"expected a number >= 0, got {m.ridge}", file=file, field="model.ridge")
     mb = t.micro_batch_size
     if mb is not None and t.batch_size % mb:
         raise ConfigError(
@@ -356,6 +377,7 @@ def validate(cfg: RunConfig, file: str | None = None) -> RunConfig:
         field_ = "train.weight_decay" if t.weight_decay < 0 else "train.grad_clip"
         raise ConfigError("expected a number >= 0", file=file, field=field_)
     d.resolve(m, file)
+    _resolve_finite(cfg, file)
     if m.input_dim is not None and not d.vector_tokens:
         vector = [k for k, c in SOURCE_CONFIGS.items() if c.vector_tokens]
         raise ConfigError(
@@ -367,6 +389,44 @@ def validate(cfg: RunConfig, file: str | None = None) -> RunConfig:
         if not isinstance(opts, dict):
             raise ConfigError(f"expected a table of options, got {opts!r}", file=file, field=f"instruments.{name}")
     return cfg
+
+
+def _resolve_finite(cfg: RunConfig, file: str | None) -> None:
+    """Relations of the classifiers and of full-batch training with the data set's size (issue 15)."""
+    m, t, d = cfg.model, cfg.train, cfg.data
+    train_size = getattr(d, "train_size", None)
+    if m.arch != "gpt" and not (d.vector_tokens and callable(train_size)):
+        finite = [k for k, c in SOURCE_CONFIGS.items() if c.vector_tokens and hasattr(c, "train_size")]
+        raise ConfigError(
+            f"model.arch = {m.arch!r} classifies the vector examples of {', '.join(map(repr, finite))}, not {d.kind!r}",
+            file=file,
+            field="model.arch",
+        )
+    if m.arch != "gpt" and t.flops is not None:
+        raise ConfigError(
+            "a FLOP budget is defined for the transformer (6N + 12LTd per token); give train.tokens (examples) "
+            "or train.steps",
+            file=file,
+            field="train.flops",
+        )
+    if t.full_batch:
+        if not callable(train_size):
+            raise ConfigError(
+                f"full-batch training needs a finite data set (digits, gaussian_mixture, modular), not {d.kind!r}",
+                file=file,
+                field="train.full_batch",
+            )
+        if t.micro_batch_size is not None:
+            raise ConfigError(
+                "full-batch training takes the whole training set in one batch; leave micro_batch_size out",
+                file=file,
+                field="train.micro_batch_size",
+            )
+        t.batch_size = int(train_size())
+    if m.arch == "random_features":
+        # The readout is solved in one step (the whole training set at once); no gradient steps follow.
+        t.tokens, t.flops, t.steps, t.full_batch, t.micro_batch_size = None, None, 1, False, None
+        t.batch_size = int(train_size()) if callable(train_size) else 0
 
 
 def from_dict(raw: dict[str, Any], file: str | None = None) -> RunConfig:
@@ -412,8 +472,8 @@ HASH_OMIT_IF_DEFAULT: dict[str, dict[str, Any]] = {
             "p_bursty",
         )
     },
-    "model": {"positions": "learned", "input_dim": None},
-    "train": {"precision": "fp32"},
+    "model": {"positions": "learned", "input_dim": None, "arch": "gpt", "ridge": 0.0},
+    "train": {"precision": "fp32", "steps": None, "full_batch": False},
 }
 
 # Fields that say how a run executes or is watched, not what it computes: left out of the run id, so that

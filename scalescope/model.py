@@ -27,6 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from . import classifiers
 from .config import ModelConfig
 
 
@@ -208,8 +209,22 @@ class GPT(nn.Module):
         return flops_per_token(self.cfg, self.vocab_size)
 
 
+# Every model the trainer builds (``model.arch``).
+Model = GPT | classifiers.MLP | classifiers.RandomFeatures
+
+
+def build_model(cfg: ModelConfig, vocab_size: int) -> Model:
+    """The model ``cfg.arch`` names: the GPT, or a classifier of vector examples (``vocab_size`` then
+    counts classes). Every model has ``loss(inputs, targets, mask)``, ``cfg`` and ``vocab_size``."""
+    if cfg.arch == "gpt":
+        return GPT(cfg, vocab_size)
+    return classifiers.MLP(cfg, vocab_size) if cfg.arch == "mlp" else classifiers.RandomFeatures(cfg, vocab_size)
+
+
 def param_counts(cfg: ModelConfig, vocab_size: int) -> ParamCounts:
     """Closed-form parameter counts (checked against the module in the tests)."""
+    if cfg.arch != "gpt":
+        return ParamCounts(*classifiers.counts(cfg, vocab_size))
     d, L = cfg.d_model, cfg.n_layer
     h = cfg.d_mlp or 4 * d
     b = 1 if cfg.bias else 0
@@ -231,7 +246,10 @@ def flops_per_token(cfg: ModelConfig, vocab_size: int) -> float:
     N is the non-embedding parameter count (Kaplan et al. 2020's convention); the attention term counts
     the QKᵀ and AV products over the full context. This is the C of the scaling laws and the budget
     ``train.flops``; :func:`matmul_flops_per_token` adds the unembedding for hardware utilization.
+    For the classifiers (``cfg.arch``), a token is one example: :func:`scalescope.classifiers.flops_per_example`.
     """
+    if cfg.arch != "gpt":
+        return classifiers.flops_per_example(cfg, vocab_size)
     n = param_counts(cfg, vocab_size).nonembedding
     return 6.0 * n + 12.0 * cfg.n_layer * cfg.seq_len * cfg.d_model
 
@@ -239,4 +257,6 @@ def flops_per_token(cfg: ModelConfig, vocab_size: int) -> float:
 def matmul_flops_per_token(cfg: ModelConfig, vocab_size: int) -> float:
     """FLOPs the hardware actually does per training token: :func:`flops_per_token` plus the
     unembedding matmul (6·V·d), which is large for small models. Used for FLOP/s in benchmarks."""
+    if cfg.arch != "gpt":
+        return flops_per_token(cfg, vocab_size)
     return flops_per_token(cfg, vocab_size) + 6.0 * vocab_size * cfg.d_model

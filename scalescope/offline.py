@@ -19,7 +19,7 @@ from .data import build_source
 from .data.base import Source
 from .device import pick_device
 from .errors import ConfigError, StoreError
-from .model import GPT
+from .model import Model, build_model, flops_per_token
 from .optim import make_optimizer
 from .rundir import RunDir
 from .schedule import budget_steps, lr_at
@@ -31,7 +31,7 @@ __all__ = ["LoadedRun", "check_batch_options", "load_run"]
 @dataclass
 class LoadedRun:
     cfg: C.RunConfig
-    model: GPT
+    model: Model
     optimizer: torch.optim.Optimizer
     has_optimizer_state: bool  # False when only weights were kept at that step
     source: Source
@@ -42,7 +42,7 @@ class LoadedRun:
     @property
     def lr(self) -> float:
         """The learning rate the schedule gives at this step, as the training loop gives it to instruments."""
-        total = budget_steps(self.cfg, self.model.flops_per_token())
+        total = budget_steps(self.cfg, flops_per_token(self.cfg.model, self.source.vocab_size))
         return lr_at(min(self.step, total - 1), self.cfg.train, total)
 
 
@@ -77,7 +77,7 @@ def load_run(
     dev = pick_device(device)
     source = build_source(cfg.data, seed=cfg.seed)
     source.prepare(Store.containing(rd).cache_dir)
-    model = GPT(cfg.model, source.vocab_size)
+    model = build_model(cfg.model, source.vocab_size)
     opt = make_optimizer(model, cfg.train)
     # Loaded with weights_only=True (scalescope.checkpoint): a checkpoint from an untrusted store runs no code.
     latest: TrainState | None = load_checkpoint(rd.checkpoint_path) if rd.checkpoint_path.exists() else None

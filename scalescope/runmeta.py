@@ -11,23 +11,26 @@ from typing import Any
 
 import numpy as np
 import torch
+from torch import nn
 
 from .config import RunConfig
 from .data.base import Source
 from .device import peak_flops
-from .model import GPT
+from .model import flops_per_token, param_counts
 
 
-def run_meta(cfg: RunConfig, model: GPT, source: Source, total_steps: int, device: torch.device) -> dict[str, Any]:
+def run_meta(
+    cfg: RunConfig, model: nn.Module, source: Source, total_steps: int, device: torch.device
+) -> dict[str, Any]:
     """The content of ``meta.json``. FLOPs per token follow PaLM appendix B (Chowdhery et al. 2022):
     6N + 12 * n_layer * seq_len * d_model, N = non-embedding parameters."""
-    pc = model.param_counts()
+    pc = param_counts(cfg.model, source.vocab_size)
     peak = peak_flops(device, cfg.train.precision, cfg.train.tf32)
     return {
         "params_total": pc.total,
         "params_embedding": pc.embedding,
         "params_nonembedding": pc.nonembedding,
-        "flops_per_token": model.flops_per_token(),
+        "flops_per_token": flops_per_token(cfg.model, source.vocab_size),
         "flops_convention": "6N + 12*n_layer*seq_len*d_model, N = non-embedding params (PaLM app. B)",
         "total_steps": total_steps,
         "tokens_per_step": cfg.train.batch_size * cfg.model.seq_len,

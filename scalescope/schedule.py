@@ -12,7 +12,9 @@ from .errors import ConfigError
 
 
 def budget_steps(cfg: RunConfig, flops_per_token: float) -> int:
-    """Optimizer steps that spend the token or FLOP budget (rounded up: at least one step)."""
+    """Optimizer steps that spend the token or FLOP budget (rounded up: at least one step), or ``train.steps``."""
+    if cfg.train.steps is not None:
+        return int(cfg.train.steps)
     tokens_per_step = cfg.train.batch_size * cfg.model.seq_len
     if cfg.train.tokens is not None:
         tokens: float = cfg.train.tokens

@@ -40,7 +40,7 @@ from .data import build_source
 from .data.base import Batch, Source, fingerprint_of
 from .device import autocast, check_precision, peak_flops, pick_device, set_matmul_precision
 from .errors import LockLost, ScalescopeError, StoreError
-from .model import GPT, flops_per_token
+from .model import Model, build_model, flops_per_token
 from .optim import make_optimizer
 from .rundir import DONE_STATES, RunDir, is_unwritable
 from .runmeta import run_meta
@@ -149,7 +149,7 @@ def split_micro(batch: Batch, micro: int) -> list[Batch]:
 
 
 def accumulate_gradients(
-    model: GPT, batch: Batch, micro: int, device: torch.device, grad_clip: float, precision: str = "fp32"
+    model: Model, batch: Batch, micro: int, device: torch.device, grad_clip: float, precision: str = "fp32"
 ) -> tuple[float, float]:
     """Forward and backward over the micro-batches of ``batch`` (gradients averaged over the whole
     batch), then clip. Returns (mean loss, gradient norm before clipping). The optimizer step is the
@@ -170,11 +170,15 @@ def accumulate_gradients(
 
 
 @torch.no_grad()
-def evaluate(model: GPT, source: Source, cfg: C.RunConfig, device: torch.device) -> tuple[float, float | None]:
-    """(mean validation loss over ``eval_batches`` fixed validation batches, bits per byte of the same
-    targets or None). Bits per byte, for sources that know the bytes of text each token stands for
-    (``token_bytes()``: text corpora), is the summed loss in nats over the summed bytes of the target tokens,
-    divided by ln 2: comparable across tokenizers, unlike a loss per token (as in Gao et al. 2020, The Pile)."""
+def evaluate(model: Model, source: Source, cfg: C.RunConfig, device: torch.device) -> dict[str, float]:
+    """The evaluation's metrics: ``val_loss``, the mean validation loss over ``eval_batches`` fixed validation
+    batches, and ``val_bpb``, bits per byte of the same targets, for sources that know the bytes of text each
+    token stands for (``token_bytes()``: text corpora): the summed loss in nats over the summed bytes of the
+    target tokens, divided by ln 2, comparable across tokenizers unlike a loss per token (as in Gao et al.
+    2020, The Pile). A finite data set (``source.finite``) is evaluated whole instead, both splits:
+    :func:`evaluate_finite`."""
+    if getattr(source, "finite", False):
+        return evaluate_finite(model, source, cfg, device)
     was_training = model.training
     model.eval()
     bs = cfg.train.micro_batch_size or cfg.train.batch_size
@@ -193,8 +197,39 @@ def evaluate(model: GPT, source: Source, cfg: C.RunConfig, device: torch.device)
             nats += loss * b.targets.numel()
             n_bytes += int(token_bytes[b.targets.numpy()].sum())
     model.train(was_training)
-    bpb = nats / n_bytes / math.log(2) if n_bytes else None
-    return total / cfg.train.eval_batches, bpb
+    out = {"val_loss": total / cfg.train.eval_batches}
+    if n_bytes:
+        out["val_bpb"] = nats / n_bytes / math.log(2)
+    return out
+
+
+# Examples per forward pass when a finite data set is evaluated whole.
+EVAL_CHUNK = 4096
+
+
+@torch.no_grad()
+def evaluate_finite(model: Model, source: Any, cfg: C.RunConfig, device: torch.device) -> dict[str, float]:
+    """Loss and accuracy on the whole validation set (``val_loss``, ``val_acc``) and on the whole training set
+    with its training labels (``trainset_loss``, ``trainset_acc``; the labels after any random-label phase):
+    train and test error on the schedule, as generalization studies need. Accuracy is the argmax at the
+    counted position (the answer)."""
+    was_training = model.training
+    model.eval()
+    out: dict[str, float] = {}
+    for split, name in (("val", "val"), ("train", "trainset")):
+        loss_sum, correct, n = 0.0, 0, 0
+        for b, size in source.full_batches(split, EVAL_CHUNK):
+            b = b.to(device)
+            with autocast(device, cfg.train.precision):
+                logits = model(b.inputs)
+                loss = model.loss(b.inputs, b.targets, b.loss_mask)
+            pred = logits[:, -1].argmax(-1)
+            correct += int((pred == b.targets[:, -1]).sum())
+            loss_sum += float(loss) * size
+            n += size
+        out[f"{name}_loss"], out[f"{name}_acc"] = loss_sum / n, correct / n
+    model.train(was_training)
+    return out
 
 
 META_MISSING = "meta.json is missing or unreadable"
@@ -206,8 +241,9 @@ def _rewrite_meta(cfg: C.RunConfig, rd: RunDir, cache_dir: Path) -> None:
     source = build_source(cfg.data, seed=cfg.seed)
     source.prepare(cache_dir)
     torch.manual_seed(cfg.seed)
-    model = GPT(cfg.model, source.vocab_size)
-    rd.write_meta(run_meta(cfg, model, source, budget_steps(cfg, model.flops_per_token()), torch.device("cpu")))
+    model = build_model(cfg.model, source.vocab_size)
+    fpt = flops_per_token(cfg.model, source.vocab_size)
+    rd.write_meta(run_meta(cfg, model, source, budget_steps(cfg, fpt), torch.device("cpu")))
 
 
 def done_outcome(cfg: C.RunConfig, rd: RunDir) -> tuple[Outcome | None, str | None]:
@@ -333,12 +369,16 @@ def _train(
     config_hash = C.run_id(cfg)
 
     torch.manual_seed(cfg.seed)
-    model = GPT(cfg.model, source.vocab_size)  # initialised on the CPU: same weights on any device
+    model = build_model(cfg.model, source.vocab_size)  # initialised on the CPU: same weights on any device
     model.to(device)
     opt = make_optimizer(model, tc)
     probes = instr.build(cfg.instruments)
+    # A model whose readout is solved in closed form (random features): its one "step" is that solve.
+    closed_form = bool(getattr(model, "closed_form", False))
+    # Steps at which the source changes the training objective (FiniteSource.phase_starts).
+    phase_starts: tuple[int, ...] = tuple(getattr(source, "phase_starts", ()))
 
-    fpt = model.flops_per_token()
+    fpt = flops_per_token(cfg.model, source.vocab_size)
     total = budget_steps(cfg, fpt)
     peak, _ = peak_flops(device, tc.precision, tc.tf32)
     tokens_per_step = tc.batch_size * cfg.model.seq_len
@@ -447,12 +487,13 @@ def _train(
         if is_eval_step(step, tc.eval_every, total) and step > last_eval:
             wall += time.perf_counter() - t_wall
             t_wall = time.perf_counter()
-            val, bpb = evaluate(model, source, cfg, device)
+            measured = evaluate(model, source, cfg, device)
+            val = measured["val_loss"]
             if ref_loss is None:
-                ref_loss = val
+                # The divergence test compares train losses with this: on a finite data set, the training set's.
+                ref_loss = measured.get("trainset_loss", val)
             rows = [row("val_loss", val), row("lr", lr_at(min(step, total - 1), tc, total))]
-            if bpb is not None:
-                rows.append(row("val_bpb", bpb))
+            rows += [row(k, v) for k, v in measured.items() if k != "val_loss"]
             if loss_n:
                 rows.append(row("train_loss", loss_sum / loss_n))
                 rows.append(row("grad_norm", gnorm_last))
@@ -483,7 +524,14 @@ def _train(
         for g in opt.param_groups:
             g["lr"] = lr
         batch = source.batch("train", step, tc.batch_size, cfg.model.seq_len)
-        step_loss, gnorm_last = accumulate_gradients(model, batch, micro, device, tc.grad_clip, tc.precision)
+        if closed_form:
+            step_loss, gnorm_last = _solve_readout(model, source, step, cfg, device)
+        else:
+            step_loss, gnorm_last = accumulate_gradients(model, batch, micro, device, tc.grad_clip, tc.precision)
+        if step in phase_starts and step > 0:
+            # The objective changes here (random_label_steps: true labels replace the memorized random ones):
+            # the loss jump is the experiment, not a divergence; this step's loss is the new reference.
+            ref_loss = step_loss
         if not (math.isfinite(step_loss) and math.isfinite(gnorm_last)) or (
             ref_loss is not None and step_loss > tc.diverge_factor * ref_loss
         ):
@@ -516,11 +564,17 @@ def _train(
             checkpoint()
             rd.write_status("running", step=step, tokens=step * tokens_per_step, total_steps=total, **extra)
 
-    # Numerics flags from every evaluation of the run (before a resume too: they are in metrics.jsonl).
-    vals = {r["step"]: r["value"] for r in rd.read_metrics() if r.get("metric") == "val_loss"}
+    # Numerics flags from every evaluation of the run (before a resume too: they are in metrics.jsonl). On a
+    # finite data set they judge the training-set loss, the objective: a validation loss that rises while the
+    # training set is fitted is overfitting (a finding of generalization studies), not an unstable run.
+    metrics = rd.read_metrics()
+    vals = {r["step"]: r["value"] for r in metrics if r.get("metric") == "val_loss"}
     if val is None and vals:  # resumed from a checkpoint at the last step: no evaluation ran in this process
         val = vals[max(vals)]
-    flags, flag_reason = numerics_flags([vals[k] for k in sorted(vals)], source.entropy_rate)
+    judged = {r["step"]: r["value"] for r in metrics if r.get("metric") == "trainset_loss"} or vals
+    flags, flag_reason = (
+        ([], None) if closed_form else numerics_flags([judged[k] for k in sorted(judged)], source.entropy_rate)
+    )
     if flags:
         extra = {**extra, "flags": flags, "flag_reason": flag_reason}
     own()
@@ -536,6 +590,15 @@ def _train(
     return Outcome(rd.id, "finished", step, val, flags=flags)
 
 
+def _solve_readout(model: Model, source: Any, step: int, cfg: C.RunConfig, device: torch.device) -> tuple[float, float]:
+    """The closed-form model's step: its readout fitted to the whole training set (the labels in force at this
+    step). Returns (training loss after the fit, 0.0 for the gradient norm: there is no gradient step)."""
+    full = source.full("train", step).to(device)
+    model.fit(full.inputs, full.targets, cfg.model.ridge)  # type: ignore[operator]  # RandomFeatures.fit
+    with torch.no_grad():
+        return float(model.loss(full.inputs, full.targets)), 0.0
+
+
 def _diverged(rd: RunDir, step: int, tokens_per_step: int, why: str, extra: dict[str, Any]) -> Outcome:
     rd.write_status("diverged", step=step, tokens=step * tokens_per_step, reason=why, **extra)
     return Outcome(rd.id, "diverged", step, error=why)
@@ -544,7 +607,7 @@ def _diverged(rd: RunDir, step: int, tokens_per_step: int, why: str, extra: dict
 def _run_instruments(
     probes: list[instr.Instrument],
     n_evals: int,
-    model: GPT,
+    model: Model,
     opt: torch.optim.Optimizer,
     source: Source,
     cfg: C.RunConfig,

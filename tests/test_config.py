@@ -68,7 +68,7 @@ def test_run_id_is_content_hash():
         ),
         (
             "[train]\ntokens = 100\nflops = 1e9\n",
-            "exp.toml: train.tokens: give one budget, train.tokens or train.flops, not both",
+            "exp.toml: train.tokens: give one budget, train.tokens, train.flops or train.steps, not tokens and flops",
         ),
         ("[data]\nkind = 'text'\n", "exp.toml: data.path: a text source needs a path to a file or directory"),
     ],

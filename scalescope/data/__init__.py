@@ -24,14 +24,18 @@ from .regression import LinearRegressionConfig, LinearRegressionSource  # isort:
 from .discrete_tasks import DiscreteTasksConfig, DiscreteTasksSource  # isort: skip
 from .bursty import BurstyClassificationConfig, BurstyClassificationSource  # isort: skip
 from .quanta import QuantaConfig, QuantaSource  # isort: skip
+from .classification import DigitsConfig, GaussianMixtureConfig  # isort: skip
+from .modular import ModularConfig  # isort: skip
 
 __all__ = [
     "SOURCE_CONFIGS",
     "Batch",
     "BurstyClassificationConfig",
     "BurstyClassificationSource",
+    "DigitsConfig",
     "DiscreteTasksConfig",
     "DiscreteTasksSource",
+    "GaussianMixtureConfig",
     "HMMConfig",
     "HMMSource",
     "LinearRegressionConfig",
@@ -40,6 +44,7 @@ __all__ = [
     "MarkovSource",
     "MarkovTriggersConfig",
     "MarkovTriggersSource",
+    "ModularConfig",
     "QuantaConfig",
     "QuantaSource",
     "RepeatedSpansConfig",
