@@ -23,6 +23,7 @@ from . import (
     export,
     fit,
     forecast,
+    generalization,
     probe,
     prompt_length,
     quanta,
@@ -47,6 +48,7 @@ COMMANDS = (
     critical_batch,
     emergence,
     quanta,
+    generalization,
     prompt_length,
     bench,
 )

@@ -21,6 +21,7 @@ from ..instruments import (
     icl,
     icl_regression,
     induction,
+    linear_probe,
     noise_scale,
     quanta,
     task_id,
@@ -42,7 +43,18 @@ def add_parser(sub: Any) -> None:
         "whose weights were kept (train.keep_weights).",
     )
     psub = p.add_subparsers(dest="probe", required=True)
-    for add in (_noise_scale, _curvature, _covariance, _icl, _induction, _icl_regression, _task_id, _fewshot, _quanta):
+    for add in (
+        _noise_scale,
+        _curvature,
+        _covariance,
+        _icl,
+        _induction,
+        _icl_regression,
+        _task_id,
+        _fewshot,
+        _quanta,
+        _linear_probe,
+    ):
         add(psub)
 
 
@@ -383,3 +395,48 @@ def _quanta(psub: Any) -> None:
         default=quanta.DEFAULT_THRESHOLD,
         help=f"accuracy at which a skill counts as learned (default {quanta.DEFAULT_THRESHOLD}; chance is 0.5)",
     )
+
+
+def _linear_probe(psub: Any) -> None:
+    def compute(a: argparse.Namespace) -> dict[str, Any]:
+        return linear_probe.probe_run(
+            a.run_dir,
+            a.step,
+            latent=a.latent,
+            n_sequences=a.n_sequences,
+            index=a.index,
+            layers=a.layers,
+            min_position=a.min_position,
+            l2=a.l2,
+            max_iter=a.max_iter,
+            control_seed=a.control_seed,
+        )
+
+    def show(r: dict[str, Any], a: argparse.Namespace) -> None:
+        w = sys.stdout.write
+        w(
+            f"run {r['run_dir']} at step {r['step']}: {r['kind']}, latent {r['latent']}, "
+            f"{r['positions']} held-out positions, l2 {r['options']['l2']:g}\n"
+        )
+        w("layer       acc   control  selectivity\n")
+        for i, acc, ctl, sel in zip(r["layers"], r["acc"], r["control"], r["selectivity"], strict=True):
+            w(f"{i:5d}  {acc:8.3f}  {ctl:8.3f}  {sel:+11.3f}\n")
+        ideal = "-" if r["ideal"] is None else f"{r['ideal']:.3f}"
+        w(f"majority class {r['majority']:.3f}, control majority {r['control_majority']:.3f}, ideal {ideal}\n")
+
+    p = _command(
+        psub,
+        "linear-probe",
+        "linear probes with control tasks per layer: accuracy, control accuracy, selectivity (Hewitt & Liang 2019)",
+        compute,
+        show,
+    )
+    own = "default: the run's own [instruments.linear_probe] option, else"
+    p.add_argument("--latent", default=None, help=f"the source's latent to probe ({own} the source's first)")
+    p.add_argument("--n-sequences", type=int, default=None, help=f"fit and held-out sequences, each ({own} 64)")
+    p.add_argument("--index", type=int, default=None, help=f"probe-stream batch of the fit set ({own} 0)")
+    p.add_argument("--layers", type=int, nargs="+", default=None, help="layers, 0 = embeddings (default: all)")
+    p.add_argument("--min-position", type=int, default=None, help=f"first position probed ({own} 0)")
+    p.add_argument("--l2", type=float, default=None, help=f"the probe's L2 penalty ({own} 0.01)")
+    p.add_argument("--max-iter", type=int, default=None, help=f"L-BFGS iterations ({own} 100)")
+    p.add_argument("--control-seed", type=int, default=None, help=f"seed of the control labels ({own} 0)")

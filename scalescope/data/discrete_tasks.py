@@ -35,6 +35,7 @@ import math
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
+from typing import ClassVar
 
 import numpy as np
 import torch
@@ -72,6 +73,9 @@ class DiscreteTasksConfig(SourceConfig):
     """``[data] kind = "discrete_tasks"`` (task identification): a pool of n_tasks random maps
     {0..n_inputs-1} -> {0..n_outputs-1} shown as few-shot demonstrations. Resolved to 16 tasks, 4 outputs
     and vocab_size - n_outputs inputs when omitted."""
+
+    # What :meth:`DiscreteTasksSource.latents` knows (a class attribute: not a field, so not in the run id).
+    latent_names: ClassVar[tuple[str, ...]] = ("task",)
 
     vocab_size: int = 64
     n_tasks: int | None = None
@@ -261,6 +265,12 @@ class DiscreteTasksSource:
         mask[:, 0::2] = True  # target at an input position is that input's output
         b.loss_mask = mask
         return b
+
+    def latents(self, split: Split, index: int, batch_size: int, seq_len: int) -> dict[str, np.ndarray]:
+        """What generated the sequences of :meth:`batch` (same arguments; pool tasks), per input position,
+        (B, T) int64: ``task``, the index in the pool of the sequence's task, the same at every position."""
+        task = self.sample(split, index, batch_size, seq_len)[2]
+        return {"task": np.repeat(task.astype(np.int64)[:, None], seq_len, axis=1)}
 
     def describe(self) -> dict:
         return {

@@ -20,6 +20,7 @@ import copy
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
+from typing import ClassVar
 
 import numpy as np
 
@@ -234,6 +235,13 @@ class HMMSource:
         rng = stream_rng(combine_seeds(self.seed, self.stream_seed), split, index)
         return Batch.from_tokens(self.sample(rng, batch_size, seq_len + 1))
 
+    def latents(self, split: Split, index: int, batch_size: int, seq_len: int) -> dict[str, np.ndarray]:
+        """What generated the sequences of :meth:`batch` (same arguments), per input position, (B, T) int64:
+        ``hmm_state``, the hidden state S_t that emitted input token t (the same random numbers as
+        :meth:`batch`, so the same sequences)."""
+        rng = stream_rng(combine_seeds(self.seed, self.stream_seed), split, index)
+        return {"hmm_state": self.sample_with_states(rng, batch_size, seq_len + 1)[1][:, :seq_len]}
+
     def describe(self) -> dict:
         return {
             "kind": "hmm",
@@ -261,6 +269,9 @@ class HMMSource:
 @dataclass(kw_only=True)
 class HMMConfig(SourceConfig):
     """``[data] kind = "hmm"``: a random hidden Markov model (``seed`` picks which one)."""
+
+    # What :meth:`HMMSource.latents` knows (a class attribute: not a field, so not in the run id).
+    latent_names: ClassVar[tuple[str, ...]] = ("hmm_state",)
 
     # Number of token types.
     vocab_size: int = 64

@@ -23,6 +23,7 @@ import hashlib
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
+from typing import ClassVar
 
 import numpy as np
 import scipy.sparse as sp
@@ -277,6 +278,25 @@ class MarkovSource:
         rng = stream_rng(combine_seeds(self.seed, self.stream_seed), split, index)
         return Batch.from_tokens(self.sample(rng, batch_size, seq_len + 1))
 
+    def latents(self, split: Split, index: int, batch_size: int, seq_len: int) -> dict[str, np.ndarray]:
+        """What generated the sequences of :meth:`batch` (same arguments), per input position, (B, T) int64:
+
+        ``context``: the state that draws the next token, the last k = order tokens x_{t-k+1} .. x_t as one
+        integer sum_j x_{t-k+1+j} V^(k-1-j) (for order 1 the input token itself). -1 where t < k - 1: those
+        tokens belong to the start state drawn from pi, and no chain row drew what follows them.
+        """
+        rng = stream_rng(combine_seeds(self.seed, self.stream_seed), split, index)
+        tokens = self.sample(rng, batch_size, seq_len + 1)[:, :seq_len]
+        k, v = self.order, self.vocab_size
+        context = np.full(tokens.shape, -1, dtype=np.int64)
+        m = seq_len - k + 1
+        if m > 0:
+            state = np.zeros((batch_size, m), dtype=np.int64)
+            for j in range(k):
+                state = state * v + tokens[:, j : j + m]
+            context[:, k - 1 :] = state
+        return {"context": context}
+
     def log_prob(self, tokens: np.ndarray) -> np.ndarray:
         """log p(x_t | x_{t-k..t-1}) for t >= k: shape (B, L - k) for tokens of shape (B, L).
 
@@ -325,6 +345,9 @@ class MarkovSource:
 @dataclass(kw_only=True)
 class MarkovConfig(SourceConfig):
     """``[data] kind = "markov"``: a sparse random Markov chain (``seed`` picks which one)."""
+
+    # What :meth:`MarkovSource.latents` knows (a class attribute: not a field, so not in the run id).
+    latent_names: ClassVar[tuple[str, ...]] = ("context",)
 
     # Number of token types.
     vocab_size: int = 64
