@@ -25,3 +25,12 @@ def jsonable(obj: Any) -> Any:
         f = float(obj)
         return f if math.isfinite(f) else None
     return obj
+
+
+def finite_float(v: Any) -> float | None:
+    """``v`` as a float when it is a finite number (or a string of one), else None: a stored value read back."""
+    try:
+        f = float(v)
+    except (TypeError, ValueError):
+        return None
+    return f if math.isfinite(f) else None

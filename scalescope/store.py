@@ -344,6 +344,13 @@ def load(store: str | Path) -> Tables:
     return Tables(runs=runs, metrics=metrics, problems=problems)
 
 
+def source_meta(store: str | Path, run_id: str) -> dict[str, Any]:
+    """The ``source`` facts of a run's ``meta.json`` (sizes, entropy rate; {} when it is missing or damaged)."""
+    meta, _ = read_json_object(Store(store).run_dir(run_id).meta_path)
+    src = (meta or {}).get("source")
+    return src if isinstance(src, dict) else {}
+
+
 def runs_json(tables: Tables) -> list[dict[str, Any]]:
     """The runs table as JSON-able dicts (what ``scalescope runs --json`` prints)."""
     keep = [

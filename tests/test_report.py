@@ -64,6 +64,12 @@ def test_report_is_self_contained_and_renders(store, tmp_path, capsys):
         assert base64.b64decode(b64)[:8] == b"\x89PNG\r\n\x1a\n"
     for title in ("Validation loss against tokens and FLOPs", "L(N, D) fit", "Checked extrapolation", "6N + 12"):
         assert title in html
+
+
+@pytest.mark.slow  # ~40 s of Chromium start-up; the page's content is checked by the test above
+def test_report_renders_in_a_browser(store, tmp_path):
+    out = tmp_path / "report.html"
+    assert main(["report", "--store", str(store), "--out", str(out)]) == 0
     chromium = shutil.which("chromium")
     if chromium is None:
         pytest.skip("Debian's chromium is not installed (scripts/test.sh installs it)")

@@ -7,6 +7,8 @@ import signal
 import subprocess
 import time
 
+import pytest
+
 from scalescope.store import load
 
 from .conftest import ROOT, cli_cmd
@@ -32,6 +34,7 @@ def status_of(store):
         return {}
 
 
+@pytest.mark.slow  # 45 s; a kill then an identical resume is also checked by test_faults_kill (kills inside writes)
 def test_sigkill_at_arbitrary_moments_then_resume_is_bitwise_identical(tiny_toml, tmp_path):
     # 300 steps, checkpoints every 7 steps and at every eval: kills land between and during them.
     exp = tiny_toml(tokens=8 * 16 * 300, eval_every=25, checkpoint_every=7)

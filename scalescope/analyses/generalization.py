@@ -31,7 +31,8 @@ import numpy as np
 import pandas as pd
 
 from .. import config as C
-from ..store import Store, Tables, load
+from ..jsonable import finite_float
+from ..store import Tables, load, source_meta
 
 __all__ = ["DEFINITIONS", "analyze"]
 
@@ -97,10 +98,10 @@ def _final(curve: pd.Series) -> float | None:
     return None if curve.empty else float(curve.iloc[-1])
 
 
-def _n_val(store: Path, run_id: str) -> int | None:
-    meta = Store(store).run_dir(run_id).read_meta() or {}
-    v = (meta.get("source") or {}).get("n_val")
-    return int(v) if isinstance(v, (int, float)) else None
+def _source_int(store: Path, run_id: str, key: str) -> int | None:
+    """An integer fact of the run's source from its meta.json (``n_train``, ``n_val``)."""
+    v = finite_float(source_meta(store, run_id).get(key))
+    return None if v is None else int(v)
 
 
 def _se(err: float, n: int | None) -> float:
@@ -127,7 +128,7 @@ def _random_labels(store: Path, t: Tables) -> list[dict[str, Any]]:
             if tr.empty:
                 continue
             k, n = _classes(r), int(r["train.batch_size"]) if r.get("train.full_batch") else None
-            n_train = _n_train(store, r["id"]) or n or 0
+            n_train = _source_int(store, r["id"], "n_train") or n or 0
             acc_tr, acc_va = _final(tr), _final(va)
             row: dict[str, Any] = {
                 "run": r["id"],
@@ -168,12 +169,6 @@ def _random_labels(store: Path, t: Tables) -> list[dict[str, Any]]:
                     x["observed_test_error"] = 1.0 - (x["final_test_acc"] or 0.0)
         out.append({"runs": rows, "rademacher": rad, "n_runs": len(rows)})
     return out
-
-
-def _n_train(store: Path, run_id: str) -> int | None:
-    meta = Store(store).run_dir(run_id).read_meta() or {}
-    v = (meta.get("source") or {}).get("n_train")
-    return int(v) if isinstance(v, (int, float)) else None
 
 
 def _descent_curve(xs: np.ndarray, errs: np.ndarray, ses: np.ndarray) -> dict[str, Any]:
@@ -226,13 +221,13 @@ def _double_descent(store: Path, t: Tables) -> list[dict[str, Any]]:
             for _, r in g.iterrows():
                 acc = _final(_curve(t.metrics, r["id"], "val_acc"))
                 loss = _final(_curve(t.metrics, r["id"], "val_loss"))
-                n = _n_train(store, r["id"]) or int(r["train.batch_size"])
+                n = _source_int(store, r["id"], "n_train") or int(r["train.batch_size"])
                 big_n = int(r["model.d_model"])
                 if acc is None:
                     continue
                 x = big_n / n if vary == "model.d_model" else n / big_n
                 err = 1.0 - acc
-                pts.append((x, err, _se(err, _n_val(store, r["id"])), loss, big_n, n))
+                pts.append((x, err, _se(err, _source_int(store, r["id"], "n_val")), loss, big_n, n))
             if len(pts) < 4:
                 continue
             pts.sort(key=lambda p: p[0])
@@ -265,7 +260,13 @@ def _double_descent(store: Path, t: Tables) -> list[dict[str, Any]]:
             if acc is not None:
                 err = 1.0 - acc
                 pts.append(
-                    (int(r["params_total"]), err, _se(err, _n_val(store, r["id"])), int(r["model.d_model"]), r["id"])
+                    (
+                        int(r["params_total"]),
+                        err,
+                        _se(err, _source_int(store, r["id"], "n_val")),
+                        int(r["model.d_model"]),
+                        r["id"],
+                    )
                 )
         if len(pts) < 4:
             continue
@@ -290,7 +291,7 @@ def _double_descent(store: Path, t: Tables) -> list[dict[str, Any]]:
         # Epoch-wise: the widest model's test error over its evaluations.
         widest = str(pts[-1][4])
         curve = 1.0 - _curve(t.metrics, widest, "val_acc")
-        entry["epoch_wise"] = _epoch_wise(curve, _n_val(store, widest))
+        entry["epoch_wise"] = _epoch_wise(curve, _source_int(store, widest, "n_val"))
         out.append(entry)
     return out
 

@@ -10,7 +10,6 @@ are stated in the output (``definitions``). The report's "Linear probes" panel d
 from __future__ import annotations
 
 import json
-import math
 import re
 from pathlib import Path
 from typing import Any
@@ -18,7 +17,7 @@ from typing import Any
 import pandas as pd
 
 from .. import store as _store
-from ..jsonable import jsonable
+from ..jsonable import finite_float, jsonable
 
 __all__ = ["DEFINITIONS", "PREFIX", "analyze", "probe_runs"]
 
@@ -56,14 +55,6 @@ def _instrument_options(row: pd.Series) -> dict[str, Any]:
     return opts if isinstance(opts, dict) else {}
 
 
-def _number(v: Any) -> float | None:
-    try:
-        f = float(v)
-    except (TypeError, ValueError):
-        return None
-    return f if math.isfinite(f) else None
-
-
 def probe_runs(metrics: pd.DataFrame) -> list[str]:
     """Ids of the runs with linear_probe metrics, sorted."""
     if metrics.empty:
@@ -80,7 +71,7 @@ def _run_entry(rid: str, row: pd.Series | None, g: pd.DataFrame) -> dict[str, An
     opts = _instrument_options(row) if row is not None else {}
 
     def col(name: str) -> list[float | None]:
-        return [_number(v) for v in complete[name]] if name in complete else [None] * len(complete)
+        return [finite_float(v) for v in complete[name]] if name in complete else [None] * len(complete)
 
     def last(name: str) -> float | None:
         return col(name)[-1] if len(complete) else None
@@ -108,14 +99,14 @@ def _run_entry(rid: str, row: pd.Series | None, g: pd.DataFrame) -> dict[str, An
         "id": rid,
         "status": field("status"),
         "kind": field("data.kind"),
-        "order": _number(field("data.order")) if field("data.kind") == "markov" else None,
-        "vocab_size": _number(field("data.vocab_size")),
-        "n_layer": _number(field("model.n_layer")),
-        "d_model": _number(field("model.d_model")),
+        "order": finite_float(field("data.order")) if field("data.kind") == "markov" else None,
+        "vocab_size": finite_float(field("data.vocab_size")),
+        "n_layer": finite_float(field("model.n_layer")),
+        "d_model": finite_float(field("model.d_model")),
         "latent": opts.get("latent"),
         "l2": opts.get("l2"),
-        "final_val_loss": _number(field("final_val_loss")),
-        "entropy_rate": _number(field("entropy_rate")),
+        "final_val_loss": finite_float(field("final_val_loss")),
+        "entropy_rate": finite_float(field("entropy_rate")),
         "final_step": int(complete.index[-1]) if len(complete) else None,
         "layers": per_layer,
         "best_layer": best,

@@ -62,9 +62,8 @@ from ..forecast.quanta import (
     score_forecasts,
     skill_curves,
 )
-from ..jsonable import jsonable
+from ..jsonable import finite_float, jsonable
 from ..laws.power import PowerLaw, SaturatingPowerLaw
-from ..rundir import read_json_object
 from ..version import __version__
 from .emergence import scale_groups
 from .transitions import detect_transition, metric_robustness
@@ -137,32 +136,18 @@ def is_quanta(runs: pd.DataFrame) -> pd.Series:
     return mask
 
 
-def _source_meta(store: str | Path, run_id: str) -> dict[str, Any]:
-    meta, _ = read_json_object(_store.Store(store).run_dir(run_id).meta_path)
-    src = (meta or {}).get("source")
-    return src if isinstance(src, dict) else {}
-
-
-def _number(v: Any) -> float | None:
-    try:
-        f = float(v)
-    except (TypeError, ValueError):
-        return None
-    return f if math.isfinite(f) else None
-
-
 def _language(store: str | Path, g: pd.DataFrame) -> dict[str, Any]:
     """α, the number of skills and the entropy rate of a group's source: meta.json's ``source`` first, the
     config's ``data.*`` fields next; each with where it came from."""
-    src = _source_meta(store, str(g["id"].iloc[0]))
+    src = _store.source_meta(store, str(g["id"].iloc[0]))
     out: dict[str, Any] = {}
     for key in ("alpha", "n_skills"):
-        v, where = _number(src.get(key)), "meta.json source"
+        v, where = finite_float(src.get(key)), "meta.json source"
         if v is None and f"data.{key}" in g:
-            v, where = _number(g[f"data.{key}"].iloc[0]), f"config data.{key}"
+            v, where = finite_float(g[f"data.{key}"].iloc[0]), f"config data.{key}"
         out[key], out[f"{key}_from"] = v, where if v is not None else None
     h = pd.to_numeric(g.get("entropy_rate", pd.Series(dtype=float)), errors="coerce").dropna()
-    out["entropy_rate"] = float(h.iloc[0]) if len(h) else _number(src.get("entropy_rate"))
+    out["entropy_rate"] = float(h.iloc[0]) if len(h) else finite_float(src.get("entropy_rate"))
     return out
 
 

@@ -101,9 +101,11 @@ def _print(res: dict[str, Any]) -> None:
     if res["grokking"]:
         print(f"Grokking: memorization = {d['memorization_step']}; generalization = {d['generalization_step']}")
         for g in res["grokking"]:
+            mem = "-" if g["memorization_step"] is None else f"step {g['memorization_step']}"
+            gen = "never" if g["generalization_step"] is None else f"step {g['generalization_step']}"
             print(
-                f"  p {g['p']}, weight decay {g['weight_decay']:g}: memorized at {_f(g['memorization_step'])}, "
-                f"generalized at {_f(g['generalization_step'])}, ratio {_f(g['ratio'], '.2f')}; final train "
+                f"  p {g['p']}, weight decay {g['weight_decay']:g}: memorized at {mem}, generalized at {gen}, "
+                f"ratio {_f(g['ratio'], '.2f')}; final train "
                 f"{_pct(g['final_train_acc'])}, test {_pct(g['final_test_acc'])}"
                 + ("  (grokked)" if g["grokked"] else "")
             )

@@ -40,6 +40,7 @@ def _pct(v: Any) -> str:
 
 def _symlog_steps(ax: Any) -> None:
     ax.set_xscale("symlog", linthresh=10)
+    ax.set_xlim(left=0)
     ax.set_xlabel("step")
 
 
