@@ -123,10 +123,15 @@ def _print(res: dict[str, Any]) -> None:
         print(f"  mean test gap over {len(gaps)} pairs: {sum(gaps) / len(gaps):+.3f} (standard error {se:.3f})")
     probes = res.get("probes") or {}
     for r in probes.get("runs", []):
-        best = r.get("best_layer")
+        layers = {x["layer"]: x for x in r.get("layers", [])}
+        best = layers.get(r.get("best_layer"), {})
+        per_layer = ", ".join(
+            f"{x['selectivity']:+.3f}" for x in r.get("layers", []) if x.get("selectivity") is not None
+        )
         print(
-            f"Probe {r.get('latent')} on {r.get('kind', r.get('data_kind', '?'))} run {r.get('run')}: "
-            f"best selectivity {_f(r.get('best_selectivity'), '.3f')} at layer {best}"
+            f"Probe {r.get('latent')} on {r.get('kind')} run {r.get('id')}: selectivity by layer {per_layer}; best at "
+            f"layer {r.get('best_layer')} (accuracy {_f(best.get('acc'))}, control {_f(best.get('control'))}, "
+            f"ideal {_f(r.get('ideal'))})"
         )
 
 
