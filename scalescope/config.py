@@ -402,6 +402,19 @@ def _resolve_finite(cfg: RunConfig, file: str | None) -> None:
             file=file,
             field="model.arch",
         )
+    if m.ridge and m.arch != "random_features":
+        raise ConfigError(
+            f"the ridge penalty is the random-features readout's; model.arch = {m.arch!r} has none",
+            file=file,
+            field="model.ridge",
+        )
+    if callable(train_size) and not t.full_batch and m.arch != "random_features" and t.batch_size > train_size():
+        raise ConfigError(
+            f"{t.batch_size} is more than the {train_size()} training examples; for the whole set in every step "
+            "use train.full_batch = true",
+            file=file,
+            field="train.batch_size",
+        )
     if m.arch != "gpt" and t.flops is not None:
         raise ConfigError(
             "a FLOP budget is defined for the transformer (6N + 12LTd per token); give train.tokens (examples) "

@@ -93,11 +93,24 @@ def _vocab(data: C.SourceConfig) -> int:
     text corpus has at most 256 symbols, a BPE one at most ``bpe_vocab_size``)."""
     if getattr(data, "tokenizer", None) == "bpe":
         return int(getattr(data, "bpe_vocab_size", 256))
+    labels = getattr(data, "n_labels", None)
+    if callable(labels):  # a classification data set: its classes are the model's outputs
+        return int(labels())
     for name in ("vocab_size", "n_labels"):
         v = getattr(data, name, None)
         if isinstance(v, int) and v > 0:
             return v
     return 256
+
+
+def _finite_examples(data: C.SourceConfig) -> int:
+    """Training plus validation examples of a finite data set (digits, Gaussian mixtures, modular arithmetic)."""
+    n_train = int(data.train_size())  # type: ignore[attr-defined]
+    if hasattr(data, "n_val_examples"):
+        return n_train + int(data.n_val_examples)
+    if hasattr(data, "p"):
+        return int(data.p) ** 2
+    return max(n_train, 1797)  # digits: the training split plus the held-out digits
 
 
 def _memory(model: C.ModelConfig, micro: int, vocab: int, optimizer: str) -> tuple[float, float]:
@@ -120,6 +133,9 @@ def estimate(cfg: C.RunConfig) -> Estimate:
     tokens_per_step = t.batch_size * m.seq_len
     evals = eval_count(t.eval_every, steps)
     eval_tokens = float(evals) * t.eval_batches * micro * m.seq_len
+    if callable(getattr(cfg.data, "train_size", None)):
+        # A finite data set is evaluated whole, both splits (train.evaluate_finite): the training set and the rest.
+        eval_tokens = float(evals) * _finite_examples(cfg.data) * m.seq_len
     params, act = _memory(m, micro, vocab, t.optimizer)
     return Estimate(
         train_flops=float(steps) * tokens_per_step * fpt,
@@ -237,7 +253,7 @@ def check_experiment(
         train_s, eval_s = est.seconds(rate)
         total_s += train_s + eval_s
         if train_s + eval_s > REFUSE_S:
-            budget = "train.tokens" if cfg.train.tokens is not None else "train.flops"
+            budget = next(f"train.{k}" for k in ("tokens", "flops", "steps") if getattr(cfg.train, k) is not None)
             field = "train.eval_batches" if eval_s > train_s else budget
             msg = (
                 f"{label} needs an estimated {_hours(train_s + eval_s)} on {dev.type} (a lower bound: training "

@@ -84,7 +84,9 @@ def expand(raw: dict[str, Any], file: str | None = None) -> list[C.RunConfig]:
                 _set_path(r, path, value, file)
         try:
             cfg = C.from_dict(r, file)
-            check_warmup(cfg.train, run_steps(cfg), file)
+            steps = run_steps(cfg)
+            check_warmup(cfg.train, steps, file)
+            _check_phases(cfg, steps, file)
             runs.append(cfg)
         except C.ConfigError as e:
             # Name the sweep when the bad value came from it.
@@ -101,6 +103,18 @@ def expand(raw: dict[str, Any], file: str | None = None) -> list[C.RunConfig]:
             seen[rid] = len(unique)
             unique.append(cfg)
     return unique
+
+
+def _check_phases(cfg: C.RunConfig, steps: int, file: str | None) -> None:
+    """A random-label phase (data.random_label_steps) must end before the run does, or the run never trains on
+    the true labels it is compared on."""
+    k = int(getattr(cfg.data, "random_label_steps", 0) or 0)
+    if k >= steps:
+        raise C.ConfigError(
+            f"{k} steps on random labels leave none of the run's {steps} steps for the true labels",
+            file=file,
+            field="data.random_label_steps",
+        )
 
 
 def run_steps(cfg: C.RunConfig) -> int:

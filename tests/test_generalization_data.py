@@ -13,7 +13,9 @@ from scalescope.errors import ConfigError
 
 
 def cfg_of(data: dict, model: dict | None = None, train: dict | None = None) -> C.RunConfig:
-    return C.from_dict({"data": data, "model": model or {"arch": "mlp"}, "train": train or {"steps": 10}})
+    return C.from_dict(
+        {"data": data, "model": model or {"arch": "mlp"}, "train": train or {"steps": 10, "batch_size": 16}}
+    )
 
 
 def source_of(data: dict, model: dict | None = None, seed: int = 0) -> FiniteSource:
@@ -48,7 +50,7 @@ def test_modular_batch_counts_the_answer_only():
 
 
 def test_model_context_resolves_to_the_task():
-    cfg = cfg_of({"kind": "modular", "p": 7}, {"arch": "gpt", "seq_len": 64})
+    cfg = cfg_of({"kind": "modular", "p": 7}, {"arch": "gpt", "seq_len": 64}, {"steps": 5, "batch_size": 8})
     assert cfg.model.seq_len == 3
     cfg = cfg_of({"kind": "digits"})
     assert cfg.model.seq_len == 1 and cfg.model.input_dim == 64
@@ -173,6 +175,10 @@ def test_gaussian_mixture_bayes_accuracy_is_the_nearest_mean_rule():
         ({"kind": "digits"}, {"arch": "mlp"}, {"full_batch": True, "micro_batch_size": 8}, "train.micro_batch_size"),
         ({"kind": "digits"}, {"arch": "mlp"}, {"steps": 5, "tokens": 100}, "train.tokens"),
         ({"kind": "digits"}, {"arch": "random_features", "ridge": -1.0}, {}, "model.ridge"),
+        ({"kind": "digits"}, {"arch": "mlp", "ridge": 1.0}, {}, "model.ridge"),
+        ({"kind": "digits", "n_train": 50}, {"arch": "mlp"}, {"batch_size": 64}, "train.batch_size"),
+        ({"kind": "digits", "n_train": 1, "inputs": "gaussian"}, {"arch": "mlp"}, {}, "data.inputs"),
+        ({"kind": "gaussian_mixture", "dim": 10**9}, {"arch": "mlp"}, {}, "data.dim"),
     ],
 )
 def test_bad_input_is_one_line_naming_the_field(data, model, train, field):
@@ -197,3 +203,17 @@ def test_run_ids_of_existing_kinds_unchanged_by_the_new_fields():
     blob = C.run_id(cfg)
     cfg2 = C.from_dict({"model": {"arch": "gpt"}, "train": {"full_batch": False}})
     assert C.run_id(cfg2) == blob
+
+
+def test_one_dimensional_gaussian_inputs():
+    src = source_of({"kind": "gaussian_mixture", "dim": 1, "inputs": "gaussian", "n_examples": 50})
+    assert src.train.x.shape == (50, 1) and np.isfinite(src.train.x).all()
+
+
+def test_a_random_label_phase_as_long_as_the_run_is_refused():
+    from scalescope.sweep import expand
+
+    raw = {"data": {"kind": "digits", "random_label_steps": 40}, "model": {"arch": "mlp"}, "train": {"steps": 40}}
+    with pytest.raises(ConfigError) as e:
+        expand(raw, "exp.toml")
+    assert e.value.field == "data.random_label_steps" and "none of the run's 40 steps" in str(e.value)

@@ -102,9 +102,9 @@ def test_grokking_steps_and_ratio_from_known_curves(tmp_path):
     steps = list(range(0, 5001, 100))
     train_acc = {s: min(1.0, s / 1000) for s in steps}  # memorized (>= 0.99) at 990 -> first eval at 1000
     test_acc = {s: 0.05 if s < 3500 else 0.97 for s in steps}  # generalized at 3500
-    raw = {"data": {"kind": "modular", "p": 7}, "train": {"steps": 5000, "weight_decay": 1.0}}
+    raw = {"data": {"kind": "modular", "p": 7}, "train": {"steps": 5000, "weight_decay": 1.0, "full_batch": True}}
     _fake_run(store, raw, {"trainset_acc": train_acc, "val_acc": test_acc}, 5000)
-    raw0 = {"data": {"kind": "modular", "p": 7}, "train": {"steps": 5000, "weight_decay": 0.0}}
+    raw0 = {"data": {"kind": "modular", "p": 7}, "train": {"steps": 5000, "weight_decay": 0.0, "full_batch": True}}
     _fake_run(store, raw0, {"trainset_acc": train_acc, "val_acc": {s: 0.1 for s in steps}}, 5000)
     res = analyze(tmp_path)
     g1, g0 = sorted(res["grokking"], key=lambda g: -g["weight_decay"])
@@ -166,3 +166,15 @@ def test_grokking_reduced_memorizes_first_and_generalizes_later(tmp_path):
     assert g["memorization_step"] is not None and g["generalization_step"] is not None
     assert g["generalization_step"] >= 4 * g["memorization_step"]  # long after: test accuracy lags by many steps
     assert g["grokked"] and g["final_test_acc"] > 0.95
+
+
+def test_a_flat_step_or_a_falling_curve_is_no_peak():
+    from scalescope.analyses.generalization import _descent_curve
+
+    se = np.full(4, 0.01)
+    falling = _descent_curve(np.array([1.0, 2, 4, 10]), np.array([0.5, 0.5, 0.3, 0.05]), se)
+    assert not falling["interior_peak"] and not falling["significant"]
+    flat = _descent_curve(np.array([1.0, 2, 4, 20]), np.array([0.1616, 0.1448, 0.1448, 0.1393]), se)
+    assert not flat["interior_peak"]
+    peak = _descent_curve(np.array([0.5, 1.0, 2, 10]), np.array([0.1, 0.7, 0.2, 0.02]), se)
+    assert peak["interior_peak"] and peak["significant"] and peak["peak_at"] == 1.0

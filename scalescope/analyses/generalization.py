@@ -55,7 +55,8 @@ DEFINITIONS = {
     "peak_ratio": "largest test error of the sweep / test error at the sweep's largest N (or n)",
     "interpolation_threshold": "random features: N/n (or n/N) of the largest test error; MLP: the fewest "
     "parameters of a run that fits its training set (trainset_acc = 1)",
-    "double_descent_target": f"peak at N/n in {list(DD_PEAK_RANGE)} and peak_ratio > {DD_MIN_RATIO}",
+    "double_descent_target": f"a significant interior peak at N/n in {list(DD_PEAK_RANGE)} and peak_ratio > "
+    f"{DD_MIN_RATIO}",
     "significant": f"a change of the test error larger than {SIGNIFICANT_SE} binomial standard errors "
     "sqrt(e(1-e)/n_val)",
     "rademacher": "empirical Rademacher complexity of the 0-1 loss class, estimated from the random-label fit: "
@@ -159,38 +160,44 @@ def _random_labels(store: Path, t: Tables) -> list[dict[str, Any]]:
             x["fit_ratio_to_clean"] = s / base if s is not None and base else None
         # The Rademacher estimate comes from the fully random labels (p = 1, clean inputs): what the class can fit.
         rand = next((x for x in rows if x["label_noise"] == 1.0 and x["inputs"] == "clean"), None)
-        rad = None
+        rad, rad_note = None, None
         if rand and "fit_fraction_above_chance" in rand:
             rad = rand["fit_fraction_above_chance"] / 2.0
+            if rand["steps_to_fit"] is None:
+                rad_note = (
+                    "the random-label run did not fit its training set: this estimate is a lower bound on the "
+                    "class's Rademacher complexity, and the bounds built on it are not bounds"
+                )
             conf = 3.0 * math.sqrt(math.log(2.0 / DELTA) / (2.0 * rand["n_train"]))
             for x in rows:
                 if x["final_train_acc"] is not None:
                     x["rademacher_bound_test_error"] = (1.0 - x["final_train_acc"]) + 2.0 * rad + conf
                     x["observed_test_error"] = 1.0 - (x["final_test_acc"] or 0.0)
-        out.append({"runs": rows, "rademacher": rad, "n_runs": len(rows)})
+        out.append({"runs": rows, "rademacher": rad, "rademacher_note": rad_note, "n_runs": len(rows)})
     return out
 
 
 def _descent_curve(xs: np.ndarray, errs: np.ndarray, ses: np.ndarray) -> dict[str, Any]:
     """Peak, its location and ratio to the far edge of an error curve over a sorted axis. The peak is the largest
-    error after the curve's first local minimum (an under-parameterized left edge is not a peak); a curve that
-    only falls has its "peak" at the edge (``interior_peak`` false)."""
-    i0 = next((i for i in range(len(errs) - 1) if errs[i] <= errs[i + 1]), len(errs) - 1)
+    error after the curve's first local minimum (an under-parameterized left edge is not a peak; a flat step is
+    not a minimum); it is ``interior_peak`` when it stands above both neighbours, and ``significant`` when it also
+    rises by more than :data:`SIGNIFICANT_SE` standard errors above the smallest error before it and after it. A
+    curve that only falls has no interior peak."""
+    i0 = next((i for i in range(len(errs) - 1) if errs[i] < errs[i + 1]), len(errs) - 1)
     i = i0 + int(np.argmax(errs[i0:]))
     edge = float(errs[-1])
-    left_min = float(errs[: i + 1].min())
+    interior = bool(0 < i < len(xs) - 1 and errs[i] > errs[i - 1] and errs[i] > errs[i + 1])
     return {
         "peak_at": float(xs[i]),
         "peak_error": float(errs[i]),
         "edge_at": float(xs[-1]),
         "edge_error": edge,
         "peak_ratio": float(errs[i] / edge) if edge > 0 else math.inf,
-        "interior_peak": bool(0 < i < len(xs) - 1),
-        # The peak rises significantly above the smallest error before it and above the error after it.
+        "interior_peak": interior,
         "significant": bool(
-            0 < i < len(xs) - 1
-            and errs[i] - left_min > SIGNIFICANT_SE * ses[i]
-            and errs[i] - errs[i + 1 :].min() > SIGNIFICANT_SE * ses[i]
+            interior
+            and errs[i] - float(errs[: i + 1].min()) > SIGNIFICANT_SE * ses[i]
+            and errs[i] - float(errs[i + 1 :].min()) > SIGNIFICANT_SE * ses[i]
         ),
     }
 
@@ -247,7 +254,9 @@ def _double_descent(store: Path, t: Tables) -> list[dict[str, Any]]:
             }
             if vary == "model.d_model" and entry["ridge"] == 0 and entry["label_noise"] == 0:
                 lo, hi = DD_PEAK_RANGE
-                entry["target_met"] = bool(lo <= summary["peak_at"] <= hi and summary["peak_ratio"] > DD_MIN_RATIO)
+                entry["target_met"] = bool(
+                    summary["significant"] and lo <= summary["peak_at"] <= hi and summary["peak_ratio"] > DD_MIN_RATIO
+                )
             out.append(entry)
     _compare_to_clean(out)
     mlp = t.runs[(t.runs["model.arch"] == "mlp") & (t.runs["data.random_label_steps"].fillna(0) == 0)]
@@ -415,7 +424,7 @@ def analyze(store: str | Path, *, tables: Tables | None = None) -> dict[str, Any
         "double_descent": _double_descent(path, ft),
         "grokking": _grokking(ft),
         "bad_minima": _bad_minima(ft),
-        "probes": probe_analysis(path, tables=t),
+        "probes": probe_analysis(path, tables=Tables(runs=done, metrics=t.metrics)),
     }
     out["found"] = [k for k in ("random_labels", "double_descent", "grokking", "bad_minima") if out[k]] + (
         ["probes"] if out["probes"].get("runs") else []

@@ -59,10 +59,14 @@ def _print(res: dict[str, Any]) -> None:
                 f"{test:>8} {_pct(r['chance_acc']):>6} {bound_s:>16}"
             )
         if grp["rademacher"] is not None:
+            bounds = [r.get("rademacher_bound_test_error") for r in grp["runs"]]
+            vacuous = sum(1 for b in bounds if b is not None and b > 1)
             print(
-                f"  empirical Rademacher complexity of the 0-1 loss class ~ {grp['rademacher']:.3f} (max 0.5): "
-                "every bound built on it is vacuous (> 1) while the observed test errors are those above"
+                f"  empirical Rademacher complexity of the 0-1 loss class ~ {grp['rademacher']:.3f} (max 0.5); "
+                f"the bound it gives is vacuous (> 1) for {vacuous} of {len(bounds)} runs"
             )
+            if grp.get("rademacher_note"):
+                print(f"  note: {grp['rademacher_note']}")
         for r in grp["runs"]:
             sb = r.get("spectral_bound")
             if sb:
@@ -72,7 +76,7 @@ def _print(res: dict[str, Any]) -> None:
                     f"normalized margin {_f(sb.get('normalized_margin'))}"
                 )
     for dd in res["double_descent"]:
-        verdict = ""
+        verdict = "" if dd["interior_peak"] else "  (no interior peak: the error only falls)"
         if "target_met" in dd:
             verdict = "  target met" if dd["target_met"] else f"  target NOT met ({d['double_descent_target']})"
         elif "verdict" in dd:

@@ -87,6 +87,12 @@ class ClassificationConfig(SourceConfig):
                 file=file,
                 field="data.n_train",
             )
+        if self.inputs == "gaussian" and self.train_size() < 2:
+            raise ConfigError(
+                "Gaussian inputs take the training inputs' mean and covariance: n_train must be at least 2",
+                file=file,
+                field="data.inputs",
+            )
         if self.random_label_steps < 0:
             raise ConfigError(
                 f"expected a number of steps >= 0, got {self.random_label_steps}",
@@ -106,7 +112,8 @@ class ClassificationConfig(SourceConfig):
         """The closed-form readout holds the n x N feature matrix and its SVD: refuse a width this machine
         cannot hold, saying how much it needs."""
         n = self.train_size()
-        need, have = classifiers.readout_bytes(n, model.d_model), classifiers.available_memory()
+        need = classifiers.readout_bytes(n, model.d_model) + 4 * self.n_features() * model.d_model  # + the weights
+        have = classifiers.available_memory()
         if have is not None and need > have:
             raise ConfigError(
                 f"{model.d_model:,} random features on {n:,} examples need about {need / 2**30:.1f} GiB for the "
@@ -228,6 +235,17 @@ class GaussianMixtureConfig(ClassificationConfig):
                 file=file,
                 field="data.n_examples",
             )
+        assert self.dim is not None and self.n_classes is not None  # checked just above
+        # The data (float32), and the float32 class means, must fit in memory several times over.
+        need = 4 * ((self.n_examples + self.n_val_examples) * self.dim + self.n_classes * self.dim) * 3
+        have = classifiers.available_memory()
+        if have is not None and need > have:
+            raise ConfigError(
+                f"{self.n_examples + self.n_val_examples:,} examples of {self.dim:,} dimensions ({self.n_classes:,} "
+                f"classes) need about {need / 2**30:.1f} GiB; this machine has {have / 2**30:.1f} GiB available",
+                file=file,
+                field="data.dim",
+            )
         if not (np.isfinite(self.separation) and self.separation >= 0):
             raise ConfigError(f"expected a number >= 0, got {self.separation!r}", file=file, field="data.separation")
 
@@ -251,7 +269,9 @@ class GaussianMixtureConfig(ClassificationConfig):
         """Accuracy of the Bayes classifier (nearest true mean, equal priors and covariances) on the clean,
         standardized validation set: the ceiling any model can reach on it."""
         x = val.x * std + mean  # back to the raw scale, where the means live
-        d = ((x[:, None, :] - self._means()[None]) ** 2).sum(-1)
+        mu = self._means()
+        # ||x - mu||^2 = ||x||^2 - 2 x.mu + ||mu||^2: an n x K table, never n x K x dim.
+        d = (x**2).sum(1)[:, None] - 2.0 * x @ mu.T + (mu**2).sum(1)[None, :]
         return float(np.mean(d.argmin(1) == val.y))
 
     def available_train(self) -> int:

@@ -100,7 +100,7 @@ def corrupt(
     elif inputs == "gaussian":
         grng = np.random.default_rng([seed, _GAUSS])
         mean = xt.mean(0)
-        cov = np.cov(xt, rowvar=False)
+        cov = np.atleast_2d(np.cov(xt, rowvar=False))  # one feature: a 1x1 matrix, not a scalar
         xt = grng.multivariate_normal(mean, cov, size=len(xt), method="eigh")
         xv = grng.multivariate_normal(mean, cov, size=len(xv), method="eigh")
     return Arrays(xt.astype(np.float32), y), Arrays(xv.astype(np.float32), val.y.copy())

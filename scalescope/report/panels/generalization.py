@@ -87,11 +87,16 @@ def random_labels(ctx: Context) -> str:
                 "spectral bound"]  # fmt: skip
         out.append(table(head, rows))
         if grp["rademacher"] is not None:
+            bounds = [r.get("rademacher_bound_test_error") for r in grp["runs"]]
+            vacuous = sum(1 for b in bounds if b is not None and b > 1)
             out.append(
                 f'<p class="note">Empirical Rademacher complexity of the 0-1 loss class from the random-label fit: '
                 f"{grp['rademacher']:.3f} (maximum 0.5). The bound it gives (test error &le; train error + 2R + "
-                "3&radic;(ln(2/&delta;)/2n), &delta; = 0.05) and the spectral-norm bound (Bartlett et al. 2017, "
-                "without its constants) are beside the observed gap: both are vacuous here.</p>"
+                "3&radic;(ln(2/&delta;)/2n), &delta; = 0.05) is vacuous (&gt; 1) for "
+                f"{vacuous} of {len(bounds)} runs; the spectral-norm bound (Bartlett et al. 2017, without its "
+                "constants) is beside the observed gap."
+                + (f" Note: {grp['rademacher_note']}." if grp.get("rademacher_note") else "")
+                + "</p>"
             )
     return "".join(out)
 
@@ -221,9 +226,15 @@ def bad_minima(ctx: Context) -> str:
     )
     ax.legend(fontsize=7)
     gaps = [b["test_gap"] for b in pairs if b["test_gap"] is not None]
+    all_fit = all(b["both_fit"] for b in pairs)
     note = (
-        '<p class="note">Liu et al. 2020: both models reach zero training error on the true labels; the one that first '
-        "memorized random labels sits in a worse global minimum. "
+        '<p class="note">Liu et al. 2020: a model that first memorized random labels, then fitted the true ones, '
+        "sits in a worse global minimum than one from a random start. "
+        + (
+            "Here both fit the training set in every pair. "
+            if all_fit
+            else "Not every pair fits its training set (column 'both fit'): those are not global minima. "
+        )
         + (f"Mean test gap over {len(gaps)} pairs: {np.mean(gaps):+.3f}." if gaps else "")
         + "</p>"
     )
