@@ -167,6 +167,7 @@ def test_bench_train_json():
     assert out["flops_per_s"] == pytest.approx(out["tokens_per_s"] * out["flops_per_token_counted"])
 
 
+@pytest.mark.slow  # 30-90 s (trains 9 runs); `fit chinchilla` on a store is also tested in test_laws_cli
 def test_fit_chinchilla_from_store(tiny_toml, tmp_path, capsys):
     exp = tiny_toml("""
     [sweep]

@@ -2,8 +2,6 @@
 summarises them (``scalescope generalization``) checked on stores whose answer is known."""
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -124,15 +122,18 @@ def test_bad_minima_pairs_the_pretrained_run_with_its_random_start(tmp_path):
     assert b["test_gap"] == pytest.approx(0.15) and b["both_fit"] and b["random_label_steps"] == 60
 
 
-def test_cli_json_and_an_empty_store(tmp_path):
+def test_cli_json_and_an_empty_store(tmp_path, capsys):
+    from scalescope.cli import main
+
     Store(tmp_path).ensure_writable()
-    cmd = [sys.executable, "-m", "scalescope", "generalization", "--store", str(tmp_path)]
-    out = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
-    assert out.returncode == 0 and "no generalization phenomena" in out.stdout
-    res = json.loads(subprocess.run([*cmd, "--json"], capture_output=True, text=True, cwd=ROOT).stdout)
+    assert main(["generalization", "--store", str(tmp_path)]) == 0
+    assert "no generalization phenomena" in capsys.readouterr().out
+    assert main(["generalization", "--store", str(tmp_path), "--json"]) == 0
+    res = json.loads(capsys.readouterr().out)
     assert res["found"] == [] and "steps_to_fit" in res["definitions"]
-    bad = subprocess.run([*cmd[:-1], str(tmp_path / "nope")], capture_output=True, text=True, cwd=ROOT)
-    assert bad.returncode == 2 and bad.stderr.count("\n") == 1 and "not a store" in bad.stderr
+    assert main(["generalization", "--store", str(tmp_path / "nope")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "not a store" in err
 
 
 def test_every_builtin_generalization_experiment_loads():
