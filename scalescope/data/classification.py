@@ -33,6 +33,17 @@ DIGITS_N, DIGITS_DIM, DIGITS_CLASSES = 1797, 64, 10
 MAX_GAUSSIAN_EXAMPLES = 1_000_000
 
 
+def check_memory(need: int, what: str, field: str, file: str | None) -> None:
+    """Refuse, in one line naming ``field``, what needs more bytes than this machine has available now."""
+    have = classifiers.available_memory()
+    if have is not None and need > have:
+        raise ConfigError(
+            f"{what} about {need / 2**30:.1f} GiB; this machine has {have / 2**30:.1f} GiB available",
+            file=file,
+            field=field,
+        )
+
+
 @dataclass(kw_only=True)
 class ClassificationConfig(SourceConfig):
     """The fields every classification source shares: the corruptions, a smaller training set, the
@@ -113,14 +124,8 @@ class ClassificationConfig(SourceConfig):
         cannot hold, saying how much it needs."""
         n = self.train_size()
         need = classifiers.readout_bytes(n, model.d_model) + 4 * self.n_features() * model.d_model  # + the weights
-        have = classifiers.available_memory()
-        if have is not None and need > have:
-            raise ConfigError(
-                f"{model.d_model:,} random features on {n:,} examples need about {need / 2**30:.1f} GiB for the "
-                f"closed-form readout; this machine has {have / 2**30:.1f} GiB available",
-                file=file,
-                field="model.d_model",
-            )
+        what = f"{model.d_model:,} random features on {n:,} examples need"
+        check_memory(need, what, "model.d_model", file)
 
     def build(self, stream_seed: int) -> FiniteSource:
         train, val, facts = _prepared(self)
@@ -238,14 +243,8 @@ class GaussianMixtureConfig(ClassificationConfig):
         assert self.dim is not None and self.n_classes is not None  # checked just above
         # The data (float32), and the float32 class means, must fit in memory several times over.
         need = 4 * ((self.n_examples + self.n_val_examples) * self.dim + self.n_classes * self.dim) * 3
-        have = classifiers.available_memory()
-        if have is not None and need > have:
-            raise ConfigError(
-                f"{self.n_examples + self.n_val_examples:,} examples of {self.dim:,} dimensions ({self.n_classes:,} "
-                f"classes) need about {need / 2**30:.1f} GiB; this machine has {have / 2**30:.1f} GiB available",
-                file=file,
-                field="data.dim",
-            )
+        what = f"{self.n_examples + self.n_val_examples:,} examples of {self.dim:,} dimensions need"
+        check_memory(need, what, "data.dim", file)
         if not (np.isfinite(self.separation) and self.separation >= 0):
             raise ConfigError(f"expected a number >= 0, got {self.separation!r}", file=file, field="data.separation")
 
