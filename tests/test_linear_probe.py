@@ -215,6 +215,7 @@ tokens = 1280
          "hmm: hmm_state; markov: context)"),
         ("markov", "", "instruments.linear_probe.latent: required"),
         ("markov", 'latent = "context"\nlayers = [0, 2]', "instruments.linear_probe.layers: the model has layers 0 .. 1"),
+        ("markov", 'latent = "context"\nlayers = []', "instruments.linear_probe.layers: expected at least one layer"),
     ],
 )  # fmt: skip
 def test_bad_options_fail_at_load_with_one_line(tmp_path, capsys, kind, opts, expected):

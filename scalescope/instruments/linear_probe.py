@@ -309,6 +309,8 @@ def probe_layers(
 def _layers(layers: list[int] | None, n_layer: int, field: str) -> list[int]:
     if layers is None:
         return list(range(n_layer + 1))
+    if not layers:
+        raise ConfigError(f"expected at least one layer in 0 .. {n_layer} (or leave it out: all of them)", field=field)
     bad = [i for i in layers if not 0 <= i <= n_layer]
     if bad:
         raise ConfigError(f"the model has layers 0 .. {n_layer} (0: the embedding output), not {bad}", field=field)
