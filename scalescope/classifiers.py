@@ -61,7 +61,11 @@ class MLP(nn.Module):
         return list(self.layers)  # type: ignore[arg-type]
 
     def loss(self, x: torch.Tensor, targets: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
-        return _ce_loss(self(x), targets)
+        return self.loss_from_logits(self(x), targets, mask)
+
+    @staticmethod
+    def loss_from_logits(logits: torch.Tensor, targets: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        return _ce_loss(logits, targets)
 
 
 class RandomFeatures(nn.Module):
@@ -86,9 +90,13 @@ class RandomFeatures(nn.Module):
         return self.features(x) @ self.readout
 
     def loss(self, x: torch.Tensor, targets: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
-        out = self(x)
-        onehot = F.one_hot(targets, self.vocab_size).to(out.dtype)
-        return ((out - onehot) ** 2).sum(-1).mean()
+        return self.loss_from_logits(self(x), targets, mask)
+
+    def loss_from_logits(
+        self, logits: torch.Tensor, targets: torch.Tensor, mask: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        onehot = F.one_hot(targets, self.vocab_size).to(logits.dtype)
+        return ((logits - onehot) ** 2).sum(-1).mean()
 
     @torch.no_grad()
     def fit(self, x: torch.Tensor, targets: torch.Tensor, ridge: float = 0.0) -> None:

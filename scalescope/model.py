@@ -170,7 +170,11 @@ class GPT(nn.Module):
     def loss(self, idx: torch.Tensor, targets: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
         """Mean next-token cross-entropy in nats over the (masked) positions; with float targets (float-input
         mode) the mean squared error, summed over the read-out's outputs."""
-        logits = self(idx)
+        return self.loss_from_logits(self(idx), targets, mask)
+
+    @staticmethod
+    def loss_from_logits(logits: torch.Tensor, targets: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        """:meth:`loss` of logits already computed (an evaluation that also wants the predictions)."""
         if targets.is_floating_point():
             pred = logits.squeeze(-1) if logits.size(-1) == 1 else logits
             per = (pred - targets) ** 2

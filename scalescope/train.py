@@ -221,8 +221,8 @@ def evaluate_finite(model: Model, source: Any, cfg: C.RunConfig, device: torch.d
         for b, size in source.full_batches(split, EVAL_CHUNK):
             b = b.to(device)
             with autocast(device, cfg.train.precision):
-                logits = model(b.inputs)
-                loss = model.loss(b.inputs, b.targets, b.loss_mask)
+                logits = model(b.inputs)  # one forward pass for both the loss and the predictions
+                loss = model.loss_from_logits(logits, b.targets, b.loss_mask)
             pred = logits[:, -1].argmax(-1)
             correct += int((pred == b.targets[:, -1]).sum())
             loss_sum += float(loss) * size

@@ -147,8 +147,8 @@ def double_descent(ctx: Context) -> str:
         '<p class="note">Error bars: 2 binomial standard errors of the validation set (over seeds when there are '
         "several). The peak is the largest error after the curve's first minimum; the dotted red line marks it, the "
         "dashed grey line N = n (random features) or the smallest MLP that fits its training set. "
-        "Target (random features, no noise, no ridge): peak at N/n in [0.8, 1.3] and "
-        "peak/edge ratio above 3.</p>"
+        "Target (random features, no noise, no ridge): a significant interior peak at N/n in [0.8, 1.3] "
+        "and a peak/edge ratio above 3.</p>"
     )
     head = ["curve", "setting", "peak at", "peak error", "edge error", "ratio", "significant", "verdict"]
     return figure(fig, "test error against capacity") + note + table(head, rows)
